@@ -1,0 +1,124 @@
+/* kernels/cpu: private interface between the CPU backend (cpu.c) and its per-ISA op
+ * tables (ops_scalar.c, ops_avx2.c, ops_avx512.c, ops_avx512bf16.c).
+ *
+ * cpu.c owns threads and splitting: it hands each op table whole rows (or whole
+ * (query, head-group) pairs), so every output row is computed by the same code with
+ * the same order of operations whatever the batch or the thread count ("batch
+ * invariance", kern.h). An op table must keep that promise inside a row too: no
+ * arithmetic may depend on n, on other rows or on the thread.
+ *
+ * The scalar table is the oracle; a vector table may differ from it only by the
+ * order of f32 sums, FMA contraction and a polynomial exp (see tests/kernels).
+ */
+#ifndef TANDEM_KERN_CPU_IMPL_H
+#define TANDEM_KERN_CPU_IMPL_H
+
+#include "kernels/kern-impl.h"
+
+/* One matmul (or one token chunk of it) as the op tables see it. */
+struct kern_mm {
+	enum kern_dtype dtype;
+	int32_t rows;	  /* output features */
+	int32_t cols;	  /* input features */
+	const void *w;	  /* [rows][cols] */
+	int32_t n;	  /* tokens */
+	const float *x;	  /* [n][cols] */
+	float *y;	  /* [n][rows] */
+	void *xp;	  /* packed activations: n rows of xp_stride bytes; NULL if unused */
+	size_t xp_stride; /* bytes */
+	bool bf16_act;	  /* round activations to bf16 and use the bf16 dot (bf16 weights) */
+};
+
+/* Attention works in partitions: tokens [k P, (k+1) P) of a segment, P =
+ * KERN_CPU_ATTN_PART. Each partition's softmax state is computed on its own (fresh
+ * max), then the states are merged in order (segments, then partitions) by cpu.c.
+ * The boundaries depend on nothing but the segment, so a query gets the same bits
+ * whether its partitions run on one thread (prefill) or spread over all (decode). */
+#define KERN_CPU_ATTN_PART 256
+/* Most floats of state an attention call holds: queries x heads x (head_dim + 2). */
+#define KERN_CPU_ATTN_BUF 4608
+/* Most (query, head) pairs per attention call. */
+#define KERN_CPU_ATTN_MAXH 256
+
+/* The unnormalised softmax state of a few heads over some keys. */
+struct kern_attn_state {
+	float *m;   /* [heads] largest score */
+	float *l;   /* [heads] sum of exp(score - m) */
+	float *acc; /* [heads][head_dim] sum of exp(score - m) * v */
+};
+
+struct kern_cpu_ops {
+	enum kern_isa isa;
+	/* Bytes per packed activation row, 0 when mm_rows reads x in place. */
+	size_t (*mm_pack_stride)(const struct kern_mm *m);
+	/* Packs tokens [t0, t1) of x into xp. */
+	void (*mm_pack)(const struct kern_mm *m, int32_t t0, int32_t t1);
+	/* y[t][r] for every token t and every r in [r0, r1). */
+	void (*mm_rows)(const struct kern_mm *m, int32_t r0, int32_t r1);
+	/* One row each. */
+	void (*rmsnorm)(const float *x, const float *w, float eps, int32_t d, float *y);
+	void (*swiglu)(const float *g, const float *u, int32_t d, float *out);
+	void (*add)(float *y, const float *x, int32_t d);
+	void (*softmax)(float *x, int32_t d);
+	void (*to_f32)(enum kern_dtype dt, const void *src, int32_t d, float *dst);
+	void (*to_f16)(const float *src, int32_t d, uint16_t *dst);
+	int32_t (*argmax)(const float *x, int32_t n);
+	/* The states of heads [h0, h1) of queries qi[0..nq) (one sequence) over tokens
+	 * [t0, t1[u]) of segment s (one partition each, t1[u] > t0) into st[u]; the
+	 * queries share each read of K and V. nq * (h1 - h0) <= KERN_CPU_ATTN_MAXH. */
+	void (*attn_part)(const struct kern_attn_params *p, const float *q, const int32_t *qi,
+			  int32_t nq, int32_t h0, int32_t h1, int32_t s, int32_t t0,
+			  const int32_t *t1, const struct kern_attn_state *st);
+};
+
+extern const struct kern_cpu_ops kern__cpu_ops_scalar;
+#if KERN_HAVE_AVX2
+extern const struct kern_cpu_ops kern__cpu_ops_avx2;
+#endif
+#if KERN_HAVE_AVX512
+extern const struct kern_cpu_ops kern__cpu_ops_avx512;
+#endif
+#if KERN_HAVE_AVX512BF16
+/* The bf16-activation matmul of the AVX-512 table (ops_avx512bf16.c). */
+size_t kern__avx512bf16_mm_pack_stride(const struct kern_mm *m);
+void kern__avx512bf16_mm_pack(const struct kern_mm *m, int32_t t0, int32_t t1);
+void kern__avx512bf16_mm_rows(const struct kern_mm *m, int32_t r0, int32_t r1);
+#endif
+
+/* IEEE half <-> float, round to nearest even (the F16C results, bit for bit). */
+float kern__f16_to_f32(uint16_t h);
+uint16_t kern__f32_to_f16(float f);
+
+static inline float kern__bf16_to_f32(uint16_t b)
+{
+	union {
+		uint32_t u;
+		float f;
+	} v = {.u = (uint32_t)b << 16};
+	return v.f;
+}
+
+/* Pool slot (block * block_size + offset) of token tok of a segment. */
+static inline size_t kern__kv_slot(const struct kern_kv_seg *seg, int32_t block_size, int32_t tok)
+{
+	return (size_t)seg->blocks[tok / block_size] * (size_t)block_size +
+	       (size_t)(tok % block_size);
+}
+
+/* Tokens of segment s that query i sees: n_vis clamped to [0, n_tok]. */
+static inline int32_t kern__attn_nvis(const struct kern_attn_params *p, int32_t i, int32_t s)
+{
+	const struct kern_attn_query *qq = &p->queries[i];
+	int32_t nv = qq->n_vis[s];
+	int32_t nt = p->segs[(size_t)qq->seq * (size_t)p->n_seg + (size_t)s].n_tok;
+	return nv < 0 ? 0 : nv > nt ? nt : nv;
+}
+
+/* Byte offset of (slot, kv head) in a KV pool array. */
+static inline size_t kern__kv_off(const struct kern_kv_layer *kv, size_t slot, int32_t kvh)
+{
+	return ((slot * (size_t)kv->n_kv_head + (size_t)kvh) * (size_t)kv->head_dim) *
+	       kern_dtype_size(kv->dtype);
+}
+
+#endif

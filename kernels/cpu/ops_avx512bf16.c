@@ -1,0 +1,153 @@
+/* The bf16-activation matmul of the AVX-512 table: activations rounded to bf16
+ * once per call (round to nearest even), products summed with vdpbf16ps. This file
+ * alone is built with -mavx512bf16 and runs only when the CPU has AVX512_BF16 and
+ * the backend was created with bf16_activations.
+ *
+ * Same scheme as the f32 matmul (vec-impl.h): R rows x T tokens of accumulators
+ * per micro-tile, each accumulator fed the same vdpbf16ps sequence (steps of 32 k,
+ * the last one masked) and reduced by vf_hsum_pairs, so GEMV and GEMM agree bit for
+ * bit. The bf16 dot rounds like the hardware does (denormals flushed): this path is
+ * compared with the others by normalised error only.
+ */
+#define KERN_SIMD_AVX512 1
+#include "kernels/cpu/cpu-impl.h"
+#include "kernels/cpu/simd-impl.h"
+
+#define BF_RMAX 8  /* most rows per micro-tile */
+#define BF_T	6  /* most tokens per micro-tile */
+#define BF_STEP 32 /* k per vdpbf16ps */
+#define BF_RB	64 /* rows per cache block */
+
+size_t kern__avx512bf16_mm_pack_stride(const struct kern_mm *m)
+{
+	return (size_t)((m->cols + BF_STEP - 1) / BF_STEP * BF_STEP) * sizeof(uint16_t);
+}
+
+void kern__avx512bf16_mm_pack(const struct kern_mm *m, int32_t t0, int32_t t1)
+{
+	const int32_t kfull = m->cols / BF_STEP * BF_STEP, rem = m->cols - kfull;
+	for (int32_t t = t0; t < t1; t++) {
+		const float *x = m->x + (size_t)t * (size_t)m->cols;
+		uint16_t *xp = (uint16_t *)((char *)m->xp + (size_t)t * m->xp_stride);
+		for (int32_t k = 0; k < kfull; k += BF_STEP) {
+			__m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + k + 16),
+							 _mm512_loadu_ps(x + k));
+			_mm512_storeu_si512(xp + k, (__m512i)v);
+		}
+		if (rem) {
+			__m512 lo = _mm512_maskz_loadu_ps(ks_mask(rem < 16 ? rem : 16), x + kfull);
+			__m512 hi = _mm512_maskz_loadu_ps(ks_mask(rem > 16 ? rem - 16 : 0),
+							  x + kfull + 16);
+			_mm512_storeu_si512(xp + kfull, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+		}
+	}
+}
+
+/* One k step; mk masks the weights of the last, partial step. Row-heavy tiles
+ * (T <= 2, memory-bound) also prefetch the next tile's rows into L2. */
+KS_INLINE void bf_step(__m512 (*acc)[BF_T], const char *w, size_t wstride, const uint16_t *x,
+		       size_t xs, int32_t k, __mmask32 mk, const int R, const int T)
+{
+	__m512i wv[BF_RMAX];
+	KS_UNROLL
+	for (int i = 0; i < R; i++) {
+		const uint16_t *p = (const uint16_t *)(w + i * wstride) + k;
+		if (T <= 2)
+			_mm_prefetch((const char *)p + R * wstride, _MM_HINT_T2);
+		wv[i] = mk == (__mmask32)~0u ? _mm512_loadu_si512(p)
+					     : _mm512_maskz_loadu_epi16(mk, p);
+	}
+	KS_UNROLL
+	for (int j = 0; j < T; j++) {
+		__m512i xv = _mm512_loadu_si512(x + j * xs + k);
+		KS_UNROLL
+		for (int i = 0; i < R; i++)
+			acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)wv[i], (__m512bh)xv);
+	}
+}
+
+/* Full steps, then one masked step for the last cols % 32 weights. */
+KS_INLINE void bf_tile(const struct kern_mm *m, int32_t r, int32_t t, const int R, const int T)
+{
+	const size_t wstride = (size_t)m->cols * 2;
+	const char *w = (const char *)m->w + (size_t)r * wstride;
+	const size_t xs = m->xp_stride / sizeof(uint16_t);
+	const uint16_t *x = (const uint16_t *)((const char *)m->xp + (size_t)t * m->xp_stride);
+	const int rem = m->cols % BF_STEP;
+	const __mmask32 last = rem ? (__mmask32)((1u << rem) - 1) : (__mmask32)~0u;
+	__m512 acc[BF_RMAX][BF_T];
+	KS_UNROLL
+	for (int i = 0; i < R; i++)
+		KS_UNROLL
+	for (int j = 0; j < T; j++)
+		acc[i][j] = _mm512_setzero_ps();
+	const int32_t kfull = m->cols - rem;
+	for (int32_t k = 0; k < kfull; k += BF_STEP)
+		bf_step(acc, w, wstride, x, xs, k, (__mmask32)~0u, R, T);
+	if (rem)
+		bf_step(acc, w, wstride, x, xs, kfull, last, R, T);
+
+	const int cnt = R * T;
+	__m512 v[BF_RMAX * BF_T + 1], s[(BF_RMAX * BF_T + 1) / 2];
+	float out[BF_RMAX * BF_T + VL];
+	KS_UNROLL
+	for (int i = 0; i < R; i++)
+		KS_UNROLL
+	for (int j = 0; j < T; j++)
+		v[i * T + j] = acc[i][j];
+	v[cnt] = _mm512_setzero_ps();
+	KS_UNROLL
+	for (int c = 0; c < cnt; c += 2)
+		s[c / 2] = ks_pair(1, v[c], v[c + 1]);
+	vf_hsum_pairs(s, (cnt + 1) / 2, out);
+	KS_UNROLL
+	for (int i = 0; i < R; i++)
+		KS_UNROLL
+	for (int j = 0; j < T; j++)
+		m->y[(size_t)(t + j) * (size_t)m->rows + (size_t)(r + i)] = out[i * T + j];
+}
+
+/* Rows per tile of T tokens: 8 for 1-2 tokens (GEMV), 4 beyond (GEMM). */
+#define BF_ROWS(T) ((T) <= 2 ? BF_RMAX : 4)
+
+#define BF_TILE(T)                                                                                 \
+	static __attribute__((noinline)) void bf_m##T(const struct kern_mm *m, int32_t r,          \
+						      int32_t t)                                   \
+	{                                                                                          \
+		bf_tile(m, r, t, BF_ROWS(T), T);                                                   \
+	}                                                                                          \
+	static __attribute__((noinline)) void bf_s##T(const struct kern_mm *m, int32_t r,          \
+						      int32_t t)                                   \
+	{                                                                                          \
+		bf_tile(m, r, t, 1, T);                                                            \
+	}
+
+BF_TILE(1)
+BF_TILE(2)
+BF_TILE(3)
+BF_TILE(4)
+BF_TILE(5)
+BF_TILE(6)
+
+typedef void (*bf_tile_fn)(const struct kern_mm *m, int32_t r, int32_t t);
+
+static const bf_tile_fn bf_tiles[2][BF_T] = {
+	{bf_s1, bf_s2, bf_s3, bf_s4, bf_s5, bf_s6},
+	{bf_m1, bf_m2, bf_m3, bf_m4, bf_m5, bf_m6},
+};
+
+void kern__avx512bf16_mm_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
+{
+	for (int32_t rb = r0; rb < r1; rb += BF_RB) {
+		const int32_t re = rb + BF_RB < r1 ? rb + BF_RB : r1;
+		for (int32_t t = 0; t < m->n; t += BF_T) {
+			const int tn = m->n - t < BF_T ? m->n - t : BF_T;
+			const int rn = BF_ROWS(tn);
+			int32_t r = rb;
+			for (; r + rn <= re; r += rn)
+				bf_tiles[1][tn - 1](m, r, t);
+			for (; r < re; r++)
+				bf_tiles[0][tn - 1](m, r, t);
+		}
+	}
+}

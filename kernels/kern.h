@@ -1,0 +1,171 @@
+/* kernels: the compute backends behind one interface.
+ *
+ * A kern_backend is a table of functions plus a context (ggml-backend style);
+ * callers use the kern_* wrappers below, never the table. The CPU backend is
+ * always built: its scalar ops are the oracle; AVX2+FMA and AVX-512 (BF16 dot)
+ * paths are picked at run time from the CPU's features. A CUDA backend plugs in
+ * behind the same table later.
+ *
+ * Memory: activations, scratch and the KV pool are backend buffers
+ * (kern_alloc); weights are kern_mat views, used in place on the CPU (the mmap)
+ * and uploaded once on a GPU.
+ *
+ * Determinism: every op computes each output row from its own input row with a
+ * fixed order of operations, whatever the number of rows, threads or the other
+ * rows in the batch ("batch invariance"). So a sequence gets bit-identical
+ * results alone or inside a batch, and a decode step equals recomputation.
+ *
+ * Threads: one thread (the engine's) drives a backend; ops parallelise inside on
+ * the backend's pool.
+ *
+ *     struct kern_cpu_params p = kern_cpu_default_params();
+ *     struct kern_backend *be = kern_cpu_new(&p, &err);
+ *     kern_matmul(be, &w_q, x, n_tok, q);
+ */
+#ifndef TANDEM_KERN_H
+#define TANDEM_KERN_H
+
+#include "common/cm.h"
+
+enum kern_dtype {
+	KERN_F32 = 0,
+	KERN_F16 = 1,
+	KERN_BF16 = 2,
+};
+
+size_t kern_dtype_size(enum kern_dtype dt);
+
+/* A weight matrix [rows][cols] (PyTorch's [out_features, in_features]), rows
+ * contiguous. data may be any 2-byte aligned address (an mmap'd safetensors span). */
+struct kern_mat {
+	enum kern_dtype dtype;
+	int32_t rows;   /* output features */
+	int32_t cols;   /* input features */
+	const void *data;
+};
+
+/* Instruction-set levels of the CPU backend, lowest first. */
+enum kern_isa {
+	KERN_ISA_SCALAR = 0,
+	KERN_ISA_AVX2 = 1,     /* AVX2 + FMA + F16C */
+	KERN_ISA_AVX512 = 2,   /* AVX-512 F/BW/DQ/VL */
+	KERN_ISA_AVX512BF16 = 3, /* plus AVX512_BF16 (vdpbf16ps) */
+};
+
+const char *kern_isa_name(enum kern_isa isa);
+/* The best level this CPU supports. */
+enum kern_isa kern_cpu_detect_isa(void);
+
+struct kern_cpu_params {
+	int n_threads;          /* 0: all online CPUs */
+	int max_isa;            /* cap on the ISA level (-1: no cap); tests force lower paths */
+	bool bf16_activations;  /* matmuls may round activations to bf16 (vdpbf16ps): faster
+				 * prefill, ~1e-2 logit error; false keeps f32 activations */
+};
+
+struct kern_cpu_params kern_cpu_default_params(void);
+
+struct kern_backend;
+
+/* The CPU backend; NULL with err set when its threads cannot start. */
+struct kern_backend *kern_cpu_new(const struct kern_cpu_params *p, struct cm_err *err);
+void kern_backend_free(struct kern_backend *be);
+/* e.g. "cpu avx512bf16 x2" */
+const char *kern_backend_name(const struct kern_backend *be);
+int kern_backend_threads(const struct kern_backend *be);
+
+/* Backend buffers: zeroed, 64-byte aligned; NULL when out of memory. */
+void *kern_alloc(struct kern_backend *be, size_t bytes);
+void kern_free(struct kern_backend *be, void *p);
+
+/* ---- ops ---------------------------------------------------------------
+ * Shapes are in elements; row-major; "n" counts rows (tokens). Outputs never
+ * alias inputs unless the op says so. */
+
+/* y[n][W.rows] = x[n][W.cols] . W^T */
+void kern_matmul(struct kern_backend *be, const struct kern_mat *w, const float *x, int32_t n,
+		 float *y);
+
+/* y[n][d] = x / sqrt(mean(x^2) + eps) * weight; y may equal x. */
+void kern_rmsnorm(struct kern_backend *be, const float *x, const float *weight, float eps,
+		  int32_t n, int32_t d, float *y);
+
+/* In place rotary embedding, rotate-half (NEOX/HF) convention, on x[n][n_head][head_dim]:
+ * element j < head_dim/2 pairs with j + head_dim/2; angle = pos[t] * inv_freq[j]. */
+void kern_rope(struct kern_backend *be, float *x, int32_t n, int32_t n_head, int32_t head_dim,
+	       const int32_t *pos, const float *inv_freq);
+
+/* out[n][d] = silu(gate) * up */
+void kern_swiglu(struct kern_backend *be, const float *gate, const float *up, int32_t n,
+		 int32_t d, float *out);
+
+/* y[n][d] += x[n][d] */
+void kern_add(struct kern_backend *be, float *y, const float *x, int32_t n, int32_t d);
+
+/* In place softmax over each row of x[n][d]. */
+void kern_softmax(struct kern_backend *be, float *x, int32_t n, int32_t d);
+
+/* out[n][E.cols] = E[ids[i]] as f32. */
+void kern_embed(struct kern_backend *be, const struct kern_mat *e, const int32_t *ids,
+		int32_t n, float *out);
+
+/* Index of the largest element of x[n] (lowest index on ties). */
+int32_t kern_argmax(struct kern_backend *be, const float *x, int32_t n);
+
+/* The k largest elements of x[n], sorted descending (ties: lower index first);
+ * k <= n. Returns k. */
+int32_t kern_topk(struct kern_backend *be, const float *x, int32_t n, int32_t k, int32_t *idx,
+		  float *val);
+
+/* ---- paged KV and attention --------------------------------------------- */
+
+/* The KV pool of one layer: [n_blocks][block_size][n_kv_head][head_dim] for K and
+ * for V, in kv_dtype (F32 or F16). Block ids index it. */
+struct kern_kv_layer {
+	void *k;
+	void *v;
+	enum kern_dtype dtype;
+	int32_t block_size;   /* tokens per block */
+	int32_t n_kv_head;
+	int32_t head_dim;
+};
+
+/* Writes k[n][n_kv_head*head_dim] and v likewise into the pool at
+ * slots[i] = block * block_size + offset. */
+void kern_kv_store(struct kern_backend *be, const struct kern_kv_layer *kv, const float *k,
+		   const float *v, int32_t n, const int32_t *slots);
+
+#define KERN_MAX_SEGS 4
+
+/* One KV segment of a sequence (source, reasoning, image, ...): the tokens at
+ * logical indices 0..n_tok-1 live in blocks[i / block_size] at i % block_size. */
+struct kern_kv_seg {
+	const int32_t *blocks;
+	int32_t n_tok;
+};
+
+/* The visibility rule, resolved per query row: query q attends to the first
+ * n_vis[s] tokens of segment s of its sequence, for each segment s. Causal
+ * attention over one segment is n_vis[0] = index of the token + 1; streaming
+ * thinking gives a reasoning token a prefix of the source segment and of the
+ * reasoning segment. */
+struct kern_attn_query {
+	int32_t seq;                     /* index into kern_attn_params.segs */
+	int32_t n_vis[KERN_MAX_SEGS];
+};
+
+struct kern_attn_params {
+	const struct kern_kv_layer *kv;
+	int32_t n_head;                  /* query heads; GQA: head h uses KV head h / (n_head / n_kv_head) */
+	float scale;                     /* usually 1/sqrt(head_dim) */
+	int32_t n_seg;                   /* segments per sequence (<= KERN_MAX_SEGS) */
+	const struct kern_kv_seg *segs;  /* [n_seq][n_seg] */
+	const struct kern_attn_query *queries;  /* [n] */
+};
+
+/* out[n][n_head][head_dim] = softmax(q . K^T * scale) . V over each query's visible
+ * tokens (a query with nothing visible gets zeros). q is [n][n_head][head_dim]. */
+void kern_attention(struct kern_backend *be, const struct kern_attn_params *p, const float *q,
+		    int32_t n, float *out);
+
+#endif

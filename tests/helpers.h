@@ -1,0 +1,59 @@
+/* Shared test helpers: scratch folders, generated models, fixture JSON. */
+#ifndef TANDEM_TEST_HELPERS_H
+#define TANDEM_TEST_HELPERS_H
+
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* A fresh folder under $TANDEM_TEST_TMP named tag-pid. */
+static inline void th_tmpdir(char *out, size_t cap, const char *tag)
+{
+	const char *base = getenv("TANDEM_TEST_TMP");
+	cr_assert_not_null(base, "TANDEM_TEST_TMP not set");
+	snprintf(out, cap, "%s/%s-%d", base, tag, (int)getpid());
+	char cmd[1200];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", out, out);
+	cr_assert_eq(system(cmd), 0);
+}
+
+/* Runs a shell command line; returns its exit status. */
+static inline int th_sh(const char *cmd)
+{
+	int st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* Writes a tandem-rand-v1 model with `tandem gen-model` into a fresh folder. */
+static inline void th_gen_model(char *dir, size_t cap, const char *variant, int seed, bool routers)
+{
+	char tag[64];
+	snprintf(tag, sizeof(tag), "model-%s-%d", variant, seed);
+	th_tmpdir(dir, cap, tag);
+	char cmd[1600];
+	snprintf(cmd, sizeof(cmd), "'%s' gen-model --variant %s --seed %d %s --out '%s' 2>/dev/null",
+		 getenv("TANDEM_BIN"), variant, seed, routers ? "--routers" : "", dir);
+	cr_assert_eq(th_sh(cmd), 0, "gen-model failed: %s", cmd);
+}
+
+static inline json_t *th_fixture(const char *name)
+{
+	char path[1024];
+	snprintf(path, sizeof(path), "%s/%s", getenv("TANDEM_TEST_DATA"), name);
+	json_error_t je;
+	json_t *j = json_load_file(path, 0, &je);
+	cr_assert_not_null(j, "%s: %s", path, je.text);
+	return j;
+}
+
+static inline void th_rmdir(const char *dir)
+{
+	char cmd[1200];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	th_sh(cmd);
+}
+
+#endif

@@ -1,0 +1,161 @@
+/* worker: the engine. A model's weights on a backend, the forward pass per
+ * architecture, the paged KV cache with segments and per-token positions, the
+ * continuous-batching step loop, and the sampler.
+ *
+ * Ownership: wk_model borrows the backend and owns the weights mapping;
+ * wk_engine borrows the model and owns the KV pool, the scratch buffers (sized
+ * once at creation: nothing is allocated in the decode loop) and its sequences.
+ * Threads: one thread drives an engine; the backend parallelises each op.
+ *
+ *     struct wk_model *m = wk_model_load(dir, be, &err);
+ *     struct wk_engine *e = wk_engine_new(m, &params, &err);
+ *     wk_engine_add(e, &req, &err);                        // any time between steps
+ *     while (wk_engine_busy(e)) {
+ *             wk_engine_step(e, ev, CM_ARRAY_LEN(ev), &n, &err);
+ *             for (i = 0; i < n; i++) ... ev[i].token, ev[i].finish ...
+ *     }
+ *
+ * Sequences and segments: a sequence's KV lives in up to WK_MAX_SEGS segments
+ * (WK_SEG_MAIN for plain generation; source / reasoning for streaming thinking;
+ * image for vision). Each token stored records its own position, so positions
+ * never derive from an index in the cache, and each query attends to a prefix of
+ * every segment (kern_attn_query), which expresses causal and streaming masks.
+ */
+#ifndef TANDEM_WK_H
+#define TANDEM_WK_H
+
+#include "common/cm.h"
+#include "kernels/kern.h"
+#include "model/md.h"
+
+/* ---- model -------------------------------------------------------------- */
+
+struct wk_layer {
+	struct kern_mat wq, wk, wv, wo;       /* [nh*hd][d], [nkv*hd][d] x2, [d][nh*hd] */
+	struct kern_mat w_gate, w_up, w_down; /* [ff][d] x2, [d][ff] */
+	float *attn_norm;                     /* [d] */
+	float *mlp_norm;                      /* [d] */
+	float *q_norm, *k_norm;               /* [hd], Qwen3 only (NULL for llama) */
+	float *bq, *bk, *bv;                  /* attention biases or NULL */
+};
+
+struct wk_model {
+	struct md_config cfg;
+	struct md_weights *weights;  /* owned: the mapping the kern_mats point into */
+	struct kern_backend *be;     /* borrowed */
+	struct kern_mat embed;       /* [vocab][d] */
+	struct kern_mat lm_head;     /* [vocab][d]: the embedding when tied */
+	float *final_norm;           /* [d] */
+	float *inv_freq;             /* [hd/2], rope scaling applied */
+	struct wk_layer *layers;     /* [n_layer] */
+};
+
+/* Maps the weights of dir and checks every tensor's presence, shape and dtype
+ * against config.json. Norm vectors and biases are converted to f32; matrices
+ * are used in place. Errors name the tensor: CM_ENOENT, CM_ESHAPE, CM_EFORMAT,
+ * CM_EUNSUPPORTED, plus md_config_load's and md_weights_open's. */
+struct wk_model *wk_model_load(const char *dir, struct kern_backend *be, struct cm_err *err);
+void wk_model_free(struct wk_model *m);
+
+/* ---- sampling ----------------------------------------------------------- */
+
+struct wk_sample_params {
+	float temperature;         /* 0: greedy */
+	float top_p;               /* 1: off */
+	int32_t top_k;             /* 0: off */
+	float min_p;               /* 0: off */
+	float repetition_penalty;  /* 1: off; applied to prompt and generated tokens */
+	uint64_t seed;
+};
+
+struct wk_sample_params wk_sample_default_params(void);
+
+/* ---- engine ------------------------------------------------------------- */
+
+#define WK_MAX_SEGS KERN_MAX_SEGS
+#define WK_SEG_MAIN 0
+
+enum wk_finish {
+	WK_FINISH_NONE = 0,   /* still running */
+	WK_FINISH_STOP,       /* a stop token was generated */
+	WK_FINISH_LENGTH,     /* max_tokens reached */
+	WK_FINISH_CONTEXT,    /* the model's context or the KV pool is full */
+	WK_FINISH_ABORT,      /* removed by the caller */
+};
+
+const char *wk_finish_str(enum wk_finish f);
+
+struct wk_engine_params {
+	int32_t max_batch_tokens;  /* tokens per step, prefill chunks and decodes together */
+	int32_t max_seqs;          /* sequences running at once */
+	int32_t kv_tokens;         /* KV pool capacity in tokens (all sequences) */
+	int32_t block_size;        /* tokens per KV block */
+	enum kern_dtype kv_dtype;  /* KERN_F32 or KERN_F16 */
+	int32_t max_logit_rows;    /* LM-head rows computed at once (memory: rows x vocab x 4) */
+};
+
+struct wk_engine_params wk_engine_default_params(void);
+
+/* Called with the logits of prompt positions (when a request asks for them) and
+ * of each sampled position: row index in the prompt (or -1 for a generated
+ * position), logits [vocab]. The buffer is the engine's: copy what you keep. */
+typedef void (*wk_logits_fn)(void *ud, uint64_t req_id, int32_t index, const float *logits,
+			     int32_t vocab);
+
+struct wk_request {
+	uint64_t id;                 /* caller's id, echoed in events */
+	const int32_t *prompt;       /* [n_prompt], copied */
+	int32_t n_prompt;
+	int32_t max_tokens;          /* generated tokens at most */
+	const int32_t *stop_ids;     /* [n_stop], copied; finish STOP when sampled */
+	int32_t n_stop;
+	struct wk_sample_params sample;
+	bool prompt_logits;          /* report the logits of every prompt position */
+	wk_logits_fn on_logits;      /* optional */
+	void *ud;
+};
+
+/* One generated token or a finish, in the order they happened. */
+struct wk_event {
+	uint64_t req_id;
+	int32_t token;               /* -1 when the event only finishes */
+	enum wk_finish finish;       /* WK_FINISH_NONE while running */
+	int32_t n_prompt, n_generated;
+};
+
+struct wk_engine;
+
+struct wk_engine *wk_engine_new(struct wk_model *m, const struct wk_engine_params *p,
+				struct cm_err *err);
+void wk_engine_free(struct wk_engine *e);
+
+/* Queues a request; it joins the running batch at the next step with room.
+ * Errors: CM_EINVAL (empty prompt, token id out of range, bad sampling values),
+ * CM_ERANGE (prompt longer than the context or the KV pool), CM_EFULL (queue full). */
+int wk_engine_add(struct wk_engine *e, const struct wk_request *req, struct cm_err *err);
+
+/* Aborts a queued or running request; its KV blocks are freed and a finish event
+ * (ABORT) is reported by the next step. CM_ENOENT when unknown. */
+int wk_engine_abort(struct wk_engine *e, uint64_t req_id);
+
+/* True while any request is queued or running. */
+bool wk_engine_busy(const struct wk_engine *e);
+
+/* Runs one batched forward step: admits queued requests while there is room,
+ * gives each running sequence either a prefill chunk or one decode token (at most
+ * max_batch_tokens in all), samples, and reports up to max_ev events (max_ev >=
+ * WK_EV_MIN: per sequence slot, an abort of a running request, a token or
+ * finish, and an abort of a queued one). Returns CM_OK. */
+#define WK_EV_MIN(p) (3 * (p)->max_seqs)
+int wk_engine_step(struct wk_engine *e, struct wk_event *ev, int max_ev, int *n_ev,
+		   struct cm_err *err);
+
+struct wk_engine_stats {
+	int32_t running, queued;
+	int32_t kv_blocks_used, kv_blocks_total;
+	int64_t steps, tokens_prefilled, tokens_decoded;
+};
+
+void wk_engine_stats(const struct wk_engine *e, struct wk_engine_stats *s);
+
+#endif

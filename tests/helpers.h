@@ -15,9 +15,10 @@ static inline void th_tmpdir(char *out, size_t cap, const char *tag)
 	const char *base = getenv("TANDEM_TEST_TMP");
 	cr_assert_not_null(base, "TANDEM_TEST_TMP not set");
 	snprintf(out, cap, "%s/%s-%d", base, tag, (int)getpid());
-	char cmd[1200];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", out, out);
+	char *cmd;
+	cr_assert_geq(asprintf(&cmd, "rm -rf '%s' && mkdir -p '%s'", out, out), 0);
 	cr_assert_eq(system(cmd), 0);
+	free(cmd);
 }
 
 /* Runs a shell command line; returns its exit status. */
@@ -33,10 +34,12 @@ static inline void th_gen_model(char *dir, size_t cap, const char *variant, int 
 	char tag[64];
 	snprintf(tag, sizeof(tag), "model-%s-%d", variant, seed);
 	th_tmpdir(dir, cap, tag);
-	char cmd[1600];
-	snprintf(cmd, sizeof(cmd), "'%s' gen-model --variant %s --seed %d %s --out '%s' 2>/dev/null",
-		 getenv("TANDEM_BIN"), variant, seed, routers ? "--routers" : "", dir);
+	char *cmd;
+	cr_assert_geq(asprintf(&cmd, "'%s' gen-model --variant %s --seed %d %s --out '%s' 2>/dev/null",
+			       getenv("TANDEM_BIN"), variant, seed, routers ? "--routers" : "", dir),
+		      0);
 	cr_assert_eq(th_sh(cmd), 0, "gen-model failed: %s", cmd);
+	free(cmd);
 }
 
 static inline json_t *th_fixture(const char *name)
@@ -51,9 +54,11 @@ static inline json_t *th_fixture(const char *name)
 
 static inline void th_rmdir(const char *dir)
 {
-	char cmd[1200];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	th_sh(cmd);
+	char *cmd;
+	if (asprintf(&cmd, "rm -rf '%s'", dir) >= 0) {
+		th_sh(cmd);
+		free(cmd);
+	}
 }
 
 #endif

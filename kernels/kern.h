@@ -59,7 +59,8 @@ enum kern_isa kern_cpu_detect_isa(void);
 struct kern_cpu_params {
 	int n_threads;          /* 0: all online CPUs */
 	int max_isa;            /* cap on the ISA level (-1: no cap); tests force lower paths */
-	bool bf16_activations;  /* matmuls may round activations to bf16 (vdpbf16ps): faster
+	bool bf16_activations;  /* bf16-weight matmuls round activations to bf16 and use
+				 * vdpbf16ps (AVX512_BF16 only; ignored elsewhere): faster
 				 * prefill, ~1e-2 logit error; false keeps f32 activations */
 };
 
@@ -70,7 +71,7 @@ struct kern_backend;
 /* The CPU backend; NULL with err set when its threads cannot start. */
 struct kern_backend *kern_cpu_new(const struct kern_cpu_params *p, struct cm_err *err);
 void kern_backend_free(struct kern_backend *be);
-/* e.g. "cpu avx512bf16 x2" */
+/* e.g. "cpu avx512bf16 x2", with " bf16act" when bf16 activations are on */
 const char *kern_backend_name(const struct kern_backend *be);
 int kern_backend_threads(const struct kern_backend *be);
 
@@ -91,7 +92,8 @@ void kern_rmsnorm(struct kern_backend *be, const float *x, const float *weight, 
 		  int32_t n, int32_t d, float *y);
 
 /* In place rotary embedding, rotate-half (NEOX/HF) convention, on x[n][n_head][head_dim]:
- * element j < head_dim/2 pairs with j + head_dim/2; angle = pos[t] * inv_freq[j]. */
+ * element j < head_dim/2 pairs with j + head_dim/2; angle = pos[t] * inv_freq[j].
+ * head_dim is even. */
 void kern_rope(struct kern_backend *be, float *x, int32_t n, int32_t n_head, int32_t head_dim,
 	       const int32_t *pos, const float *inv_freq);
 
@@ -109,11 +111,12 @@ void kern_softmax(struct kern_backend *be, float *x, int32_t n, int32_t d);
 void kern_embed(struct kern_backend *be, const struct kern_mat *e, const int32_t *ids,
 		int32_t n, float *out);
 
-/* Index of the largest element of x[n] (lowest index on ties). */
+/* Index of the largest element of x[n] (lowest index on ties; NaN ignored; all
+ * NaN gives 0); -1 when n <= 0. */
 int32_t kern_argmax(struct kern_backend *be, const float *x, int32_t n);
 
-/* The k largest elements of x[n], sorted descending (ties: lower index first);
- * k <= n. Returns k. */
+/* The k largest elements of x[n], sorted descending (ties: lower index first;
+ * NaN last); k is clamped to n. Returns the number written. */
 int32_t kern_topk(struct kern_backend *be, const float *x, int32_t n, int32_t k, int32_t *idx,
 		  float *val);
 
@@ -131,7 +134,7 @@ struct kern_kv_layer {
 };
 
 /* Writes k[n][n_kv_head*head_dim] and v likewise into the pool at
- * slots[i] = block * block_size + offset. */
+ * slots[i] = block * block_size + offset; a negative slot (padding) is skipped. */
 void kern_kv_store(struct kern_backend *be, const struct kern_kv_layer *kv, const float *k,
 		   const float *v, int32_t n, const int32_t *slots);
 
@@ -156,7 +159,8 @@ struct kern_attn_query {
 
 struct kern_attn_params {
 	const struct kern_kv_layer *kv;
-	int32_t n_head;                  /* query heads; GQA: head h uses KV head h / (n_head / n_kv_head) */
+	int32_t n_head;                  /* query heads; GQA: head h reads KV head
+					  * h / (n_head / n_kv_head) */
 	float scale;                     /* usually 1/sqrt(head_dim) */
 	int32_t n_seg;                   /* segments per sequence (<= KERN_MAX_SEGS) */
 	const struct kern_kv_seg *segs;  /* [n_seq][n_seg] */
@@ -164,7 +168,8 @@ struct kern_attn_params {
 };
 
 /* out[n][n_head][head_dim] = softmax(q . K^T * scale) . V over each query's visible
- * tokens (a query with nothing visible gets zeros). q is [n][n_head][head_dim]. */
+ * tokens (a query with nothing visible gets zeros; n_vis is clamped to [0, n_tok]).
+ * q is [n][n_head][head_dim]. */
 void kern_attention(struct kern_backend *be, const struct kern_attn_params *p, const float *q,
 		    int32_t n, float *out);
 

@@ -12,7 +12,8 @@ struct subcommand {
 };
 
 static const struct subcommand subcommands[] = {
-	{ "gen-model", CMD_GEN_MODEL, tool_gen_model, "--out DIR [--variant tiny|0.6b] [--seed S] [--routers]",
+	{ "gen-model", CMD_GEN_MODEL, tool_gen_model,
+	  "--out DIR [--variant tiny|0.6b] [--seed S] [--routers]",
 	  "Write a random-weight Qwen3 model (tandem-rand-v1) in the Hugging Face layout." },
 	{ "tokenize", CMD_TOKENIZE, tool_tokenize, "--model DIR TEXT | --model DIR --decode ID,...",
 	  "Print the token ids of TEXT (comma-separated), or the text of ids." },

@@ -14,7 +14,8 @@ const struct cm_opt tandem_opt_table[] = {
 	{ "log-level", CM_OPT_ENUM, CMD_ALL, OFF(log_level), "warn", 0, 0,
 	  "error|warn|info|debug|trace", "TANDEM_LOG_LEVEL", "LEVEL", "How much to log to stderr." },
 	{ "model", CM_OPT_STRING, CMD_TOKENIZE | CMD_GENERATE, OFF(model), NULL, 0, 0, NULL,
-	  "TANDEM_MODEL", "DIR", "Model folder in the Hugging Face layout (config.json, *.safetensors, tokenizer.json)." },
+	  "TANDEM_MODEL", "DIR",
+	  "Model folder in the Hugging Face layout (config.json, *.safetensors, tokenizer.json)." },
 	{ "variant", CM_OPT_ENUM, CMD_GEN_MODEL, OFF(variant), "tiny", 0, 0, "tiny|0.6b", NULL,
 	  NULL, "Shape of the random model (tandem-rand-v1)." },
 	{ "seed", CM_OPT_INT, CMD_GEN_MODEL | CMD_GENERATE, OFF(seed), "1", 0, 9007199254740991.0,
@@ -48,7 +49,8 @@ const struct cm_opt tandem_opt_table[] = {
 	{ "ids", CM_OPT_BOOL, CMD_GENERATE, OFF(ids), "false", 0, 0, NULL, NULL, NULL,
 	  "Print generated token ids, comma-separated, instead of text." },
 	{ "dump-logits", CM_OPT_STRING, CMD_GENERATE, OFF(dump_logits), NULL, 0, 0, NULL, NULL,
-	  "FILE", "Write the logits of every prompt position as little-endian float32 [n_prompt][vocab]." },
+	  "FILE",
+	  "Write the logits of every prompt position as little-endian float32 [n_prompt][vocab]." },
 };
 /* clang-format on */
 

@@ -188,6 +188,42 @@ int md_stop_ids_load(const char *dir, const struct md_config *cfg, struct md_sto
 int md_chat_user_prompt(const struct md_tok *tok, const char *user, char **out,
 			struct cm_err *err);
 
+/* ---- streaming units (the segmenter) ------------------------------------ */
+
+/* The StreamingThinker template (algorithms.md §1.2.1): strings, each tokenized
+ * with special tokens matched. Defaults: md_seg_default_template(); a file can
+ * override them (issue 5). */
+struct md_seg_template {
+	const char *instruct;        /* source unit 0, before the system instruction */
+	const char *end_instruct;    /* closes the last source unit */
+	const char *sep;             /* "<SEP>": ends the instruction unit */
+	const char *eoq;             /* "<EOQ>": ends the question unit */
+	const char *eos;             /* "<EOS>": ends a source sentence */
+	const char *reasoning_start; /* first reasoning unit, "<|im_start|>assistant\n<think>\n" */
+	const char *connect_2[3];    /* fed after the input closes, depth D1, D2, D3 */
+	const char *connect_3;       /* "</think>\n\n": ends thinking, the answer follows */
+};
+
+struct md_seg_template md_seg_default_template(void);
+
+struct md_seg;
+
+/* Called for each complete unit: token ids including its boundary token; index
+ * counts units from 0. The ids are the segmenter's: copy what you keep. */
+typedef void (*md_seg_unit_fn)(void *ud, int32_t index, const int32_t *ids, int32_t n);
+
+/* A segmenter for one request. Errors: CM_EUNSUPPORTED when the tokenizer lacks
+ * the template's special tokens. */
+struct md_seg *md_seg_new(const struct md_tok *tok, const struct md_seg_template *t,
+			  struct cm_err *err);
+void md_seg_free(struct md_seg *s);
+/* Feeds arriving UTF-8 text (any split, even inside a character); every sentence
+ * that is complete becomes a unit. CM_EUTF8 on invalid text. */
+int md_seg_push(struct md_seg *s, const char *text, size_t len, md_seg_unit_fn fn, void *ud,
+		struct cm_err *err);
+/* The input is complete: the rest becomes the last unit. */
+int md_seg_close(struct md_seg *s, md_seg_unit_fn fn, void *ud, struct cm_err *err);
+
 /* ---- UTF-8 -------------------------------------------------------------- */
 
 /* Returns the length of the longest valid UTF-8 prefix of s (== len when all of s

@@ -6,7 +6,9 @@
 
 #define OFF(f) offsetof(struct tandem_opts, f)
 
-const char *const tandem_cmd_names[] = { "gen-model", "tokenize", "generate", "config" };
+/* in the order of the CMD_ bits */
+const char *const tandem_cmd_names[] = { "gen-model", "tokenize", "generate", "config", "bench",
+					 "serve",     "worker",   "up",       "think" };
 const size_t tandem_cmd_count = CM_ARRAY_LEN(tandem_cmd_names);
 
 /* clang-format off */

@@ -14,6 +14,11 @@ enum {
 	CMD_TOKENIZE = 1u << 1,
 	CMD_GENERATE = 1u << 2,
 	CMD_CONFIG = 1u << 3,
+	CMD_BENCH = 1u << 4,
+	CMD_SERVE = 1u << 5,
+	CMD_WORKER = 1u << 6,
+	CMD_UP = 1u << 7,
+	CMD_THINK = 1u << 8,
 	CMD_ALL = 0xffffffffu,
 };
 

@@ -102,8 +102,31 @@ struct wk_engine_params wk_engine_default_params(void);
 typedef void (*wk_logits_fn)(void *ud, uint64_t req_id, int32_t index, const float *logits,
 			     int32_t vocab);
 
+/* How a request runs (issue 5; see algorithms.md §1). */
+enum wk_mode {
+	WK_MODE_GENERATE = 0,  /* a whole prompt, then generation (one segment) */
+	WK_MODE_STREAMING,     /* source units arrive over time; reasoning runs on each unit
+				* as it lands (source and reasoning segments, group positions,
+				* the streaming mask), then the final phase after close */
+	WK_MODE_BATCH,         /* the baseline: wait for close, prefill all source, reason,
+				* answer; same segments and positions as streaming */
+};
+
+/* Which kind of output a token is. */
+enum wk_phase {
+	WK_PHASE_PROMPT = 0,   /* not generated (teacher-forced or prompt) */
+	WK_PHASE_THOUGHT,      /* reasoning (before "</think>") */
+	WK_PHASE_ANSWER,       /* the answer */
+};
+
 struct wk_request {
 	uint64_t id;                 /* caller's id, echoed in events */
+	enum wk_mode mode;
+	/* streaming / batch modes (ignored in generate mode); the prompt fields
+	 * below may then be empty: source arrives through wk_engine_input() */
+	int32_t phi;                 /* first reasoning position (group positions) */
+	int32_t unit_budget;         /* reasoning tokens per unit, then a boundary is forced */
+	int32_t final_budget;        /* tokens after the input closes (deep reasoning + answer) */
 	const int32_t *prompt;       /* [n_prompt], copied */
 	int32_t n_prompt;
 	int32_t max_tokens;          /* generated tokens at most */
@@ -119,6 +142,8 @@ struct wk_request {
 struct wk_event {
 	uint64_t req_id;
 	int32_t token;               /* -1 when the event only finishes */
+	enum wk_phase phase;
+	int32_t unit;                /* streaming: the source unit the reasoning is on */
 	enum wk_finish finish;       /* WK_FINISH_NONE while running */
 	int32_t n_prompt, n_generated;
 };
@@ -133,6 +158,17 @@ void wk_engine_free(struct wk_engine *e);
  * Errors: CM_EINVAL (empty prompt, token id out of range, bad sampling values),
  * CM_ERANGE (prompt longer than the context or the KV pool), CM_EFULL (queue full). */
 int wk_engine_add(struct wk_engine *e, const struct wk_request *req, struct cm_err *err);
+
+/* Streaming and batch modes: appends one source unit (token ids, boundary
+ * tokens included, as the segmenter cut it) to request req_id's input. The
+ * request holds no compute while it waits for input. Errors: CM_ENOENT (unknown
+ * or finished request), CM_EINVAL (closed input, bad ids, generate mode),
+ * CM_ERANGE (context or KV full). */
+int wk_engine_input(struct wk_engine *e, uint64_t req_id, const int32_t *unit, int32_t n,
+		    struct cm_err *err);
+/* Marks request req_id's input as complete: the final phase starts after its last
+ * unit's reasoning. CM_ENOENT when unknown. */
+int wk_engine_close_input(struct wk_engine *e, uint64_t req_id, struct cm_err *err);
 
 /* Aborts a queued or running request; its KV blocks are freed and a finish event
  * (ABORT) is reported by the next step. CM_ENOENT when unknown. */

@@ -26,6 +26,17 @@ static void on_logits(void *ud, uint64_t id, int32_t index, const float *lg, int
 	memcpy(r->logits[index], lg, (size_t)vocab * sizeof(float));
 }
 
+/* The first n rows as one [n][vocab] array (caller frees). */
+static float *rows_concat(const struct rows *r, int n)
+{
+	float *all = malloc((size_t)n * r->vocab * sizeof(float));
+	for (int i = 0; i < n; i++) {
+		cr_assert_not_null(r->logits[i], "no logits for position %d", i);
+		memcpy(all + (size_t)i * r->vocab, r->logits[i], (size_t)r->vocab * sizeof(float));
+	}
+	return all;
+}
+
 static void rows_free(struct rows *r)
 {
 	for (int i = 0; i < MAX_ROWS; i++)
@@ -129,12 +140,7 @@ Test(engine, plain_tiny_matches_reference_on_every_isa, .timeout = 300)
 			int got = drain(v.e, &v.ep, 7, out, 32, &fin);
 			cr_assert_eq(got, 16);
 			cr_assert_eq(fin, WK_FINISH_LENGTH);
-			float *all = malloc((size_t)n * rows.vocab * sizeof(float));
-			for (int i = 0; i < n; i++) {
-				cr_assert_not_null(rows.logits[i], "no logits for position %d", i);
-				memcpy(all + (size_t)i * rows.vocab, rows.logits[i],
-				       (size_t)rows.vocab * sizeof(float));
-			}
+			float *all = rows_concat(&rows, n);
 			char what[64];
 			snprintf(what, sizeof(what), "tiny %s isa %s", names[r],
 				 kern_isa_name((enum kern_isa)isa));
@@ -175,10 +181,7 @@ Test(engine, plain_tiny_bf16_activations_within_tolerance, .timeout = 120)
 	cr_assert_eq(wk_engine_add(v.e, &rq, &err), CM_OK);
 	int32_t out[16];
 	drain(v.e, &v.ep, 1, out, 16, NULL);
-	float *all = malloc((size_t)n * rows.vocab * sizeof(float));
-	for (int i = 0; i < n; i++)
-		memcpy(all + (size_t)i * rows.vocab, rows.logits[i],
-		       (size_t)rows.vocab * sizeof(float));
+	float *all = rows_concat(&rows, n);
 	double worst = fx_check_logits(run, all, rows.vocab, 0.03, "tiny B bf16");
 	cr_log_info("bf16 activations: max |d| %.2e", worst);
 	free(all);

@@ -9,8 +9,24 @@ size_t kern_dtype_size(enum kern_dtype dt)
 	case KERN_F16:
 	case KERN_BF16:
 		return 2;
+	case KERN_Q8_0:
+		return 0;
 	}
 	return 0;
+}
+
+size_t kern_mat_row_bytes(const struct kern_mat *m)
+{
+	if (m->dtype != KERN_Q8_0)
+		return (size_t)m->cols * kern_dtype_size(m->dtype);
+	size_t blocks = (size_t)m->cols / KERN_Q8_BLOCK;
+	size_t raw = blocks * (KERN_Q8_BLOCK + sizeof(uint16_t));
+	return (raw + 63) / 64 * 64;
+}
+
+size_t kern_mat_bytes(const struct kern_mat *m)
+{
+	return (size_t)m->rows * kern_mat_row_bytes(m);
 }
 
 const char *kern_isa_name(enum kern_isa isa)
@@ -58,7 +74,8 @@ void kern_free(struct kern_backend *be, void *p)
 static void kern_check_mat(const struct kern_mat *m)
 {
 	CM_ASSERT(m && m->data && m->rows > 0 && m->cols > 0);
-	CM_ASSERT(kern_dtype_size(m->dtype) != 0);
+	CM_ASSERT(kern_dtype_size(m->dtype) != 0 ||
+		  (m->dtype == KERN_Q8_0 && m->cols % KERN_Q8_BLOCK == 0));
 }
 
 void kern_matmul(struct kern_backend *be, const struct kern_mat *w, const float *x, int32_t n,
@@ -113,6 +130,7 @@ void kern_embed(struct kern_backend *be, const struct kern_mat *e, const int32_t
 		float *out)
 {
 	kern_check_mat(e);
+	CM_ASSERT(e->dtype != KERN_Q8_0);
 	if (n <= 0)
 		return;
 	for (int32_t i = 0; i < n; i++)
@@ -158,4 +176,27 @@ void kern_attention(struct kern_backend *be, const struct kern_attn_params *p, c
 	if (n <= 0)
 		return;
 	be->iface->attention(be, p, q, n, out);
+}
+
+int kern_convert(struct kern_backend *be, const struct kern_mat *src, struct kern_mat *dst,
+		 struct cm_err *err)
+{
+	kern_check_mat(src);
+	if (dst->rows != src->rows || dst->cols != src->cols || !dst->data)
+		return cm_err_set(err, CM_EINVAL, "convert: %dx%d to %dx%d", src->rows, src->cols,
+				  dst->rows, dst->cols);
+	if (dst->dtype == KERN_Q8_0 && src->cols % KERN_Q8_BLOCK)
+		return cm_err_set(err, CM_EINVAL, "convert: q8_0 needs a multiple of %d columns, "
+				  "not %d", KERN_Q8_BLOCK, src->cols);
+	return be->iface->convert(be, src, dst, err);
+}
+
+double kern_bench_read(struct kern_backend *be, const void *buf, size_t bytes)
+{
+	return be->iface->bench_read(be, buf, bytes);
+}
+
+double kern_bench_peak(struct kern_backend *be, enum kern_peak which, double seconds)
+{
+	return be->iface->bench_peak(be, which, seconds);
 }

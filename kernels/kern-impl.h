@@ -34,6 +34,10 @@ struct kern_backend_iface {
 			 const float *v, int32_t n, const int32_t *slots);
 	void (*attention)(struct kern_backend *be, const struct kern_attn_params *p, const float *q,
 			  int32_t n, float *out);
+	int (*convert)(struct kern_backend *be, const struct kern_mat *src, struct kern_mat *dst,
+		       struct cm_err *err);
+	double (*bench_read)(struct kern_backend *be, const void *buf, size_t bytes);
+	double (*bench_peak)(struct kern_backend *be, enum kern_peak which, double seconds);
 };
 
 struct kern_backend {

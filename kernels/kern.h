@@ -31,18 +31,34 @@ enum kern_dtype {
 	KERN_F32 = 0,
 	KERN_F16 = 1,
 	KERN_BF16 = 2,
+	KERN_Q8_0 = 3, /* weights only: blocks of 32 int8 with one f16 scale (see below) */
 };
 
+/* Bytes per element; 0 for KERN_Q8_0, which is not a whole number of bytes. */
 size_t kern_dtype_size(enum kern_dtype dt);
 
 /* A weight matrix [rows][cols] (PyTorch's [out_features, in_features]), rows
- * contiguous. data may be any 2-byte aligned address (an mmap'd safetensors span). */
+ * contiguous. data may be any 2-byte aligned address (an mmap'd safetensors span);
+ * KERN_Q8_0 data is 64-byte aligned and made by kern_quantize. */
 struct kern_mat {
 	enum kern_dtype dtype;
 	int32_t rows;   /* output features */
 	int32_t cols;   /* input features */
 	const void *data;
 };
+
+/* KERN_Q8_0: each run of 32 weights of a row (a block) is q[i] * d, q in
+ * [-127, 127], d = max|w| / 127 stored as f16. A row holds its cols / 32 blocks
+ * in groups of 16 (the last group may be shorter): a group's bytes interleaved so
+ * that one 64-byte load gives 4 consecutive weights of each of its 16 blocks (the
+ * layout of an int8 dot-product instruction), stored as q + 128; then the row's
+ * scales; rows padded to 64 bytes. cols must be a multiple of 32. */
+#define KERN_Q8_BLOCK 32
+
+/* Bytes of one row of m, padding included. */
+size_t kern_mat_row_bytes(const struct kern_mat *m);
+/* Bytes of all of m's data (rows x row bytes). */
+size_t kern_mat_bytes(const struct kern_mat *m);
 
 /* Instruction-set levels of the CPU backend, lowest first. */
 enum kern_isa {
@@ -66,6 +82,9 @@ struct kern_cpu_params {
 
 struct kern_cpu_params kern_cpu_default_params(void);
 
+/* True when this CPU has AVX512_VNNI (int8 dot products for KERN_Q8_0). */
+bool kern_cpu_has_vnni(void);
+
 struct kern_backend;
 
 /* The CPU backend; NULL with err set when its threads cannot start. */
@@ -75,15 +94,43 @@ void kern_backend_free(struct kern_backend *be);
 const char *kern_backend_name(const struct kern_backend *be);
 int kern_backend_threads(const struct kern_backend *be);
 
-/* Backend buffers: zeroed, 64-byte aligned; NULL when out of memory. */
+/* Backend buffers: zeroed, 64-byte aligned; NULL when out of memory. On the CPU
+ * a buffer of 2 MiB or more asks the kernel for huge pages (fewer TLB misses when
+ * weights and KV stream through). */
 void *kern_alloc(struct kern_backend *be, size_t bytes);
 void kern_free(struct kern_backend *be, void *p);
+
+/* dst = src converted to dst->dtype (same shape): a copy when the types match,
+ * else KERN_Q8_0 quantisation of an F32, F16 or BF16 src (cols a multiple of
+ * KERN_Q8_BLOCK; a block whose scale is not finite as f16 is zeroed). dst->data
+ * is kern_mat_bytes(dst) bytes of the caller's (a kern_alloc buffer). Runs on the
+ * backend's threads. CM_EINVAL for an unsupported pair or shape. */
+int kern_convert(struct kern_backend *be, const struct kern_mat *src, struct kern_mat *dst,
+		 struct cm_err *err);
+
+/* ---- machine limits (tandem bench) --------------------------------------- */
+
+enum kern_peak {
+	KERN_PEAK_F32 = 0, /* f32 FMA */
+	KERN_PEAK_BF16,    /* bf16 dot products (vdpbf16ps) */
+	KERN_PEAK_INT8,    /* int8 dot products (vpdpbusd) */
+};
+
+/* Reads buf[0..bytes) once with vector loads, split in contiguous shares over the
+ * backend's threads; returns 10^9 bytes per second. buf: a kern_alloc buffer. */
+double kern_bench_read(struct kern_backend *be, const void *buf, size_t bytes);
+/* Runs independent multiply-adds of one kind on every backend thread for about
+ * seconds; returns 10^9 operations per second (a multiply-add counts 2), or 0
+ * when the backend's ISA lacks the instruction. */
+double kern_bench_peak(struct kern_backend *be, enum kern_peak which, double seconds);
 
 /* ---- ops ---------------------------------------------------------------
  * Shapes are in elements; row-major; "n" counts rows (tokens). Outputs never
  * alias inputs unless the op says so. */
 
-/* y[n][W.rows] = x[n][W.cols] . W^T */
+/* y[n][W.rows] = x[n][W.cols] . W^T. For KERN_Q8_0 weights each token's x is
+ * quantised the same way (blocks of 32, int8, an f32 scale per block) and the
+ * block dot products are exact int32 sums, scaled and added in f32. */
 void kern_matmul(struct kern_backend *be, const struct kern_mat *w, const float *x, int32_t n,
 		 float *y);
 

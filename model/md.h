@@ -191,37 +191,70 @@ int md_chat_user_prompt(const struct md_tok *tok, const char *user, char **out,
 /* ---- streaming units (the segmenter) ------------------------------------ */
 
 /* The StreamingThinker template (algorithms.md §1.2.1): strings, each tokenized
- * with special tokens matched. Defaults: md_seg_default_template(); a file can
- * override them (issue 5). */
+ * with special tokens matched. Defaults: md_seg_default_template(); a JSON file
+ * with any of these keys ("connect_2" a list of three) overrides them. */
 struct md_seg_template {
-	const char *instruct;        /* source unit 0, before the system instruction */
-	const char *end_instruct;    /* closes the last source unit */
+	const char *instruct;        /* source unit 0, before "<SEP>": the instruction */
+	const char *end_instruct;    /* closes the last source unit: "<|im_end|>\n" */
 	const char *sep;             /* "<SEP>": ends the instruction unit */
-	const char *eoq;             /* "<EOQ>": ends the question unit */
+	const char *eoq;             /* "<EOQ>": ends the question unit (a sentence ending
+				      * in '?') */
 	const char *eos;             /* "<EOS>": ends a source sentence */
 	const char *reasoning_start; /* first reasoning unit, "<|im_start|>assistant\n<think>\n" */
 	const char *connect_2[3];    /* fed after the input closes, depth D1, D2, D3 */
 	const char *connect_3;       /* "</think>\n\n": ends thinking, the answer follows */
+	int32_t depth;               /* 1..3: which connect_2 (default 2) */
+	void *owned;                 /* strings loaded from a file (md_seg_template_fini) */
 };
 
 struct md_seg_template md_seg_default_template(void);
+/* Starts from the defaults and overrides them with path's keys. Errors: CM_ENOENT,
+ * CM_EFORMAT (bad JSON, unknown key, a value not a string). Free with
+ * md_seg_template_fini(). */
+int md_seg_template_load(const char *path, struct md_seg_template *t, struct cm_err *err);
+void md_seg_template_fini(struct md_seg_template *t);
+
+/* The template as token ids: what the engine needs (struct wk_request.think).
+ * The seven added tokens come from the tokenizer's added tokens (tandem gen-model
+ * writes them with ids 151669..151675). Valid while the segmenter lives. */
+struct md_seg_ids {
+	const int32_t *think_prefix; /* [n_think_prefix] reasoning_start + sep: reasoning
+				      * unit 0, teacher-forced */
+	int32_t n_think_prefix;
+	const int32_t *connect_2;    /* [n_connect_2] of the template's depth; may be empty */
+	int32_t n_connect_2;
+	const int32_t *connect_3;    /* [n_connect_3] */
+	int32_t n_connect_3;
+	/* the seven added tokens; any of them sampled ends a reasoning unit */
+	int32_t sep, eoq, eos, eot, eor, eoa, ignore;
+	int32_t think_end;           /* "</think>", -1 when the tokenizer lacks it */
+};
 
 struct md_seg;
 
 /* Called for each complete unit: token ids including its boundary token; index
- * counts units from 0. The ids are the segmenter's: copy what you keep. */
+ * counts units from 0 (unit 0: instruct + sep, reported by the first push or
+ * close). The ids are the segmenter's: copy what you keep. */
 typedef void (*md_seg_unit_fn)(void *ud, int32_t index, const int32_t *ids, int32_t n);
 
-/* A segmenter for one request. Errors: CM_EUNSUPPORTED when the tokenizer lacks
- * the template's special tokens. */
+/* A segmenter for one request; t is copied (its strings must outlive s).
+ * Errors: CM_EUNSUPPORTED when the tokenizer lacks one of the seven added tokens,
+ * CM_EINVAL for a depth outside 1..3. */
 struct md_seg *md_seg_new(const struct md_tok *tok, const struct md_seg_template *t,
 			  struct cm_err *err);
 void md_seg_free(struct md_seg *s);
-/* Feeds arriving UTF-8 text (any split, even inside a character); every sentence
- * that is complete becomes a unit. CM_EUTF8 on invalid text. */
+const struct md_seg_ids *md_seg_ids(const struct md_seg *s);
+/* Feeds arriving UTF-8 text (any split, even inside a character). A sentence ends
+ * at . ! ? or a newline (also 。！？), not inside a number (3.14), after a
+ * common abbreviation (e.g. "Dr.", "e.g."), inside a URL or an e-mail address;
+ * closing quotes and brackets stay with their sentence. A sentence becomes a
+ * unit (text + eos, or + eoq when it ends in '?') once the next sentence starts,
+ * so the last one is held until more text or the close arrives. CM_EUTF8 on
+ * invalid text (nothing is consumed then). */
 int md_seg_push(struct md_seg *s, const char *text, size_t len, md_seg_unit_fn fn, void *ud,
 		struct cm_err *err);
-/* The input is complete: the rest becomes the last unit. */
+/* The input is complete: the rest becomes the last unit, + end_instruct
+ * (end_instruct alone when no text is left). Later pushes are CM_EINVAL. */
 int md_seg_close(struct md_seg *s, md_seg_unit_fn fn, void *ud, struct cm_err *err);
 
 /* ---- UTF-8 -------------------------------------------------------------- */

@@ -645,6 +645,80 @@ static int gen_write_json(const char *dir, const char *name, char *text, struct 
 	return rc;
 }
 
+/* StreamingThinker's seven added tokens (design/algorithms.md §1.2.1), in order from
+ * GEN_FIRST_STREAM_ID: the Qwen3 tokenizer's length. */
+#define GEN_FIRST_STREAM_ID 151669
+static const char *const gen_stream_tokens[] = { "<SEP>", "<EOQ>", "<EOS>",   "<EOT>",
+						 "<EOR>", "<EOA>", "<ignore>" };
+
+/* Where the added_tokens array of tokenizer.json text ends: the offset just past
+ * its last element ('}'); 0 when not found. Strings are skipped whole. */
+static size_t gen_added_tokens_end(const char *s, size_t n)
+{
+	const char *key = memmem(s, n, "\"added_tokens\"", 14);
+	if (!key)
+		return 0;
+	size_t i = (size_t)(key - s) + 14, last = 0;
+	int depth = 0;
+	for (; i < n; i++) {
+		char c = s[i];
+		if (c == '"' && depth > 0) {
+			for (i++; i < n && s[i] != '"'; i++)
+				if (s[i] == '\\')
+					i++;
+		} else if (c == '[' || c == '{') {
+			depth++;
+		} else if (c == '}') {
+			depth--;
+			last = i + 1;
+		} else if (c == ']' && --depth == 0) {
+			return last;
+		}
+	}
+	return 0;
+}
+
+/* Writes the embedded Qwen3 tokenizer.json with StreamingThinker's seven tokens
+ * appended to added_tokens (ids 151669..151675); the embedded asset itself stays
+ * the unmodified upstream file. */
+static int gen_write_tokenizer(const char *dir, struct cm_err *err)
+{
+	const char *src = tandem_asset_tokenizer_json;
+	size_t n = (size_t)(tandem_asset_tokenizer_json_end - tandem_asset_tokenizer_json);
+	size_t at = gen_added_tokens_end(src, n);
+	if (!at)
+		return cm_err_set(err, CM_EINTERNAL, "embedded tokenizer.json has no added_tokens");
+	if (memmem(src, at, "\"<SEP>\"", 7)) /* an asset that has them already */
+		return gen_write_file(dir, "tokenizer.json", src, n, err);
+	char *add = NULL;
+	size_t add_len = 0;
+	FILE *f = open_memstream(&add, &add_len);
+	if (!f)
+		return cm_err_set(err, CM_ENOMEM, "out of memory");
+	for (size_t i = 0; i < CM_ARRAY_LEN(gen_stream_tokens); i++)
+		fprintf(f,
+			",\n    {\n      \"id\": %d,\n      \"content\": \"%s\",\n"
+			"      \"single_word\": false,\n      \"lstrip\": false,\n"
+			"      \"rstrip\": false,\n      \"normalized\": false,\n"
+			"      \"special\": true\n    }",
+			GEN_FIRST_STREAM_ID + (int)i, gen_stream_tokens[i]);
+	if (fclose(f) != 0 || !add)
+		return cm_err_set(err, CM_ENOMEM, "out of memory");
+	char *out = malloc(n + add_len);
+	int rc;
+	if (!out) {
+		rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+	} else {
+		memcpy(out, src, at);
+		memcpy(out + at, add, add_len);
+		memcpy(out + at + add_len, src + at, n - at);
+		rc = gen_write_file(dir, "tokenizer.json", out, n + add_len, err);
+	}
+	free(out);
+	free(add);
+	return rc;
+}
+
 /* Streams the data section: every thread fills and writes chunk k + 1 while thread 0 first
  * hashes chunk k. */
 static void gen_stream_data(const struct gen_tensor *t, size_t n, uint64_t seed, uint32_t hidden,
@@ -748,10 +822,7 @@ int gen_model_write(const char *dir, const struct gen_shape *s, const char *vari
 				 err)) < 0 ||
 	    (rc = gen_write_json(dir, "generation_config.json", gen_generation_config_text(),
 				 err)) < 0 ||
-	    (rc = gen_write_file(dir, "tokenizer.json", tandem_asset_tokenizer_json,
-				 (size_t)(tandem_asset_tokenizer_json_end -
-					  tandem_asset_tokenizer_json),
-				 err)) < 0 ||
+	    (rc = gen_write_tokenizer(dir, err)) < 0 ||
 	    (rc = gen_write_file(dir, "tokenizer_config.json", tandem_asset_tokenizer_config_json,
 				 (size_t)(tandem_asset_tokenizer_config_json_end -
 					  tandem_asset_tokenizer_config_json),

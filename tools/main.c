@@ -22,6 +22,22 @@ static const struct subcommand subcommands[] = {
 	  "Generate a continuation in this process (no server): for checks and debugging." },
 	{ "config", CMD_CONFIG, tool_config, "",
 	  "Print every option of every subcommand as a Markdown table (docs/config.md)." },
+	{ "bench", CMD_BENCH, tool_bench,
+	  "[engine] --model DIR [--prompt-tokens N] [--gen-tokens N] [--threads N] [--batch B] "
+	  "[--json]",
+	  "Measure prefill and decode speed against this machine's measured rooflines." },
+	{ "serve", CMD_SERVE, tool_serve,
+	  "--model DIR [--grpc-port P] [--http-port H] [--worker-port W] [--host ADDR]",
+	  "Run the coordinator: the gRPC API, the HTTP plane (metrics) and the worker registry." },
+	{ "worker", CMD_WORKER, tool_worker,
+	  "--coordinator ADDR [--role both] [--device cpu] [--threads N] [--model DIR]",
+	  "Run a worker: load the model, register with the coordinator, serve its requests." },
+	{ "up", CMD_UP, tool_up,
+	  "[--model DIR] [--workers N] [--grpc-port P] [--http-port H]",
+	  "Start a coordinator and workers on this machine; Ctrl-C stops them all." },
+	{ "think", CMD_THINK, tool_think,
+	  "--addr HOST:PORT [--file F | -] [--rate TOK_PER_S] [--mode streaming|batch]",
+	  "Stream a text to a server's Think call; print thoughts, answer and latencies." },
 };
 
 static void usage(FILE *f)

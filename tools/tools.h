@@ -8,6 +8,8 @@
 
 #include "common/cm.h"
 
+#include <signal.h>
+
 /* Command bits for struct cm_opt.cmds. */
 enum {
 	CMD_GEN_MODEL = 1u << 0,
@@ -46,6 +48,48 @@ struct tandem_opts {
 	int64_t threads;
 	bool ids;
 	const char *dump_logits;
+	/* generate and bench: how the weights are held */
+	const char *quantize;     /* none|q8 */
+	bool mmap_weights;        /* keep the matrices in the file mapping */
+	const char *activations;  /* f32|bf16 */
+	/* bench */
+	int64_t prompt_tokens;
+	int64_t gen_tokens;
+	int64_t batch;
+	int64_t runs;
+	bool json;
+	/* serve, worker, up, think (the cluster) */
+	const char *host;
+	int64_t grpc_port, http_port, worker_port;
+	const char *port_file;
+	int64_t max_requests, max_input_tokens, default_max_tokens;
+	int64_t unit_budget, final_budget;
+	int64_t heartbeat_timeout_ms;
+	const char *coordinator;
+	const char *role;
+	const char *device;
+	const char *worker_id;
+	int64_t max_seqs, kv_tokens;
+	int64_t heartbeat_ms, coordinator_timeout_ms;
+	int64_t workers;
+	const char *cache_dir;
+	int64_t start_timeout;
+	const char *addr;
+	const char *file;
+	double rate;
+	const char *mode;
+	const char *system;
+	int64_t depth;
+	int64_t think_max_tokens;
+	double timeout;
+	/* generate and bench streaming: streaming thinking */
+	const char *source_units, *target_units;
+	int64_t phi;
+	bool think;
+	int64_t answer_budget;
+	const char *template_file;
+	const char *input;
+	double read_rate;
 };
 
 extern const struct cm_opt tandem_opt_table[];
@@ -57,6 +101,23 @@ int tool_gen_model(const struct tandem_opts *o, int argc, char **argv);
 int tool_tokenize(const struct tandem_opts *o, int argc, char **argv);
 int tool_generate(const struct tandem_opts *o, int argc, char **argv);
 int tool_config(const struct tandem_opts *o, int argc, char **argv);
+/* tandem bench [MODE]: MODE picks a row of the table in tools/bench.c (default
+ * "engine"); the rest of argv goes to it. */
+int tool_bench(const struct tandem_opts *o, int argc, char **argv);
+/* tandem bench streaming (tools/bench_streaming.c): streaming vs batch thinking. */
+int tool_bench_streaming(const struct tandem_opts *o, int argc, char **argv);
+/* The StreamingThinker template of --template FILE (else the defaults), with
+ * --depth applied; free with md_seg_template_fini(). */
+struct md_seg_template;
+int tool_think_template(const struct tandem_opts *o, struct md_seg_template *t,
+			struct cm_err *err);
+/* The cluster: tools/serve.c (serve, worker), tools/up.c, tools/think.c. */
+int tool_serve(const struct tandem_opts *o, int argc, char **argv);
+int tool_worker(const struct tandem_opts *o, int argc, char **argv);
+int tool_up(const struct tandem_opts *o, int argc, char **argv);
+int tool_think(const struct tandem_opts *o, int argc, char **argv);
+/* Stops on SIGINT / SIGTERM: *flag becomes non-zero; SIGPIPE is ignored. */
+void tool_signals_init(volatile sig_atomic_t **flag);
 /* Parses "1,2,3" into a malloc'd array; CM_EINVAL with a message on bad input. */
 int tool_parse_ids(const char *s, int32_t **ids, size_t *n, struct cm_err *err);
 

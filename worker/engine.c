@@ -2,14 +2,55 @@
  * step feeds decode tokens first, then prefill chunks, up to max_batch_tokens,
  * through one forward pass, and samples every sequence whose last token was fed.
  *
+ * Streaming thinking (modes STREAMING and BATCH, algorithms.md §1.2.3-1.2.5):
+ * a sequence has a source segment and a reasoning segment, each with its own
+ * positions. Its state: reading (source to prefill), thinking on unit k,
+ * waiting (the token that ends unit k waits for source unit k + 1; the
+ * sequence then adds nothing to the batch), final phase, answering, done.
+ * The source of a sequence and its reasoning may go through the same step:
+ * every query carries its own visible prefix of both segments.
+ *
  * KV admission: a request is admitted when the pool can hold its prompt plus
  * max_tokens (its blocks are reserved, allocated as it grows), so a running
- * request never fails for lack of KV. Nothing is allocated in the step loop:
- * slots, batch arrays, activations and logits are sized at creation. */
+ * request never fails for lack of KV; streaming source reserves its blocks as
+ * it arrives. Nothing is allocated in the step loop: slots, batch arrays,
+ * activations and logits are sized at creation. */
 #include "wk-impl.h"
 
 #include <stdlib.h>
 #include <string.h>
+
+/* The unit of final-phase reasoning tokens (they see every source token). */
+#define UNIT_FINAL INT32_MAX
+
+enum st_stage {
+	ST_UNITS = 0,  /* thinking on source units (or waiting for the next one) */
+	ST_FINAL,      /* the input is closed: deep reasoning */
+	ST_ANSWER,     /* after "</think>" */
+};
+
+/* Streaming state of a sequence (modes STREAMING and BATCH). The reasoning
+ * tokens are the slot's tokens[]; tok_unit[] gives each one's unit. */
+struct wk_stream {
+	enum wk_mode mode;
+	int32_t phi, unit_budget, final_budget, answer_budget;
+	bool has_ids;
+	struct md_seg_ids ids;       /* connect_2 / connect_3 point into conn */
+	int32_t *conn;               /* [n_connect_2 + n_connect_3] malloc'd */
+	int32_t *units;              /* [n_prompt_units] forced unit lengths, or NULL */
+	int32_t n_prompt_units;
+	/* source, as it arrives */
+	int32_t *src;                /* [src_cap] malloc'd */
+	int32_t src_n, src_cap, src_fed;
+	int32_t *unit_end;           /* [units_cap] source tokens in units 0..k */
+	int32_t n_units, units_cap;
+	bool closed;
+	/* reasoning */
+	enum st_stage stage;
+	int32_t unit;                /* unit of the next token to generate */
+	int32_t unit_gen;            /* tokens generated on that unit */
+	int32_t final_gen;           /* tokens generated in the final phase */
+};
 
 struct wk_seq {
 	uint64_t id;
@@ -22,6 +63,7 @@ struct wk_seq {
 	wk_logits_fn on_logits;
 	void *ud;
 	struct wk_sampler sampler;
+	struct wk_stream st;         /* mode GENERATE: unused */
 	struct wk_seq *next;         /* queue link */
 };
 
@@ -30,13 +72,22 @@ struct wk_slot {
 	bool used;
 	bool aborted;
 	struct wk_seq seq;
-	int32_t *tokens;             /* [cap] prompt then generated */
+	int32_t *tokens;             /* [cap] prompt then generated; streaming: reasoning */
+	int32_t *tok_unit;           /* [cap] streaming: unit of each reasoning token */
 	int32_t n_tokens;
 	int32_t n_fed;               /* tokens in the KV cache */
+	int32_t n_gen;               /* tokens reported */
 	int32_t reserved;            /* KV blocks reserved */
 	struct wk_seg segs[WK_MAX_SEGS];
 	int32_t batch_index;         /* this step's sequence index, or -1 */
-	int32_t sample_row;          /* this step's row to sample from, or -1 */
+	bool forced_next;            /* streaming: its last token went through this step and
+				      * the next one is forced (no logits) */
+};
+
+/* Row flags of a step. */
+enum {
+	ROW_LOGITS = 1,  /* compute the LM head */
+	ROW_SAMPLE = 2,  /* sample the sequence's next token from it */
 };
 
 struct wk_engine {
@@ -54,12 +105,17 @@ struct wk_engine {
 	int32_t n_aborted_queued;
 	/* per step, [max_batch_tokens] unless noted */
 	int32_t *ids, *pos, *slots_kv, *logit_rows;
-	int32_t *row_slot, *row_idx;   /* slot and sequence index of each row */
+	int32_t *row_slot, *row_idx;   /* slot and token index (reasoning / prompt) of each row */
+	uint8_t *row_flags;
 	struct kern_attn_query *queries;
 	struct kern_kv_seg *segs;    /* [max_seqs][WK_MAX_SEGS] */
 	float *logits;               /* [max_logit_rows][vocab] */
 	struct wk_sample_scratch sample;
-	int64_t steps, tokens_prefilled, tokens_decoded;
+	int32_t *row_seg;            /* segment each row is written to */
+	int64_t steps, tokens_prefilled, tokens_decoded, tokens_source, logit_rows_total;
+	double flops;
+	wk_trace_fn trace;
+	void *trace_ud;
 };
 
 const char *wk_finish_str(enum wk_finish f)
@@ -83,6 +139,19 @@ struct wk_engine_params wk_engine_default_params(void)
 static int32_t blocks_for(const struct wk_engine *e, int32_t tokens)
 {
 	return (tokens + e->p.block_size - 1) / e->p.block_size;
+}
+
+static bool is_stream(const struct wk_seq *q)
+{
+	return q->st.mode != WK_MODE_GENERATE;
+}
+
+static int seg_alloc(struct wk_seg *seg, int32_t cap, int32_t max_blocks)
+{
+	seg->blocks = malloc((size_t)max_blocks * sizeof(int32_t));
+	seg->pos = malloc((size_t)cap * sizeof(int32_t));
+	seg->cap = cap;
+	return seg->blocks && seg->pos ? CM_OK : CM_ENOMEM;
 }
 
 struct wk_engine *wk_engine_new(struct wk_model *m, const struct wk_engine_params *p,
@@ -117,6 +186,8 @@ struct wk_engine *wk_engine_new(struct wk_model *m, const struct wk_engine_param
 	e->slots_kv = malloc(nt * sizeof(int32_t));
 	e->row_slot = malloc(nt * sizeof(int32_t));
 	e->row_idx = malloc(nt * sizeof(int32_t));
+	e->row_flags = malloc(nt);
+	e->row_seg = malloc(nt * sizeof(int32_t));
 	e->logit_rows = malloc(nt * sizeof(int32_t));
 	e->queries = calloc(nt, sizeof(*e->queries));
 	e->segs = calloc((size_t)p->max_seqs * WK_MAX_SEGS, sizeof(*e->segs));
@@ -126,21 +197,19 @@ struct wk_engine *wk_engine_new(struct wk_model *m, const struct wk_engine_param
 	e->sample.mark = calloc(v, 1);
 	e->sample.n = c->vocab;
 	if (!e->slots || !e->aborted_queued || !e->ids || !e->pos || !e->slots_kv ||
-	    !e->row_slot || !e->row_idx || !e->logit_rows || !e->queries || !e->segs || !e->logits ||
-	    !e->sample.idx || !e->sample.val || !e->sample.mark)
+	    !e->row_slot || !e->row_idx || !e->row_flags || !e->row_seg || !e->logit_rows || !e->queries ||
+	    !e->segs || !e->logits || !e->sample.idx || !e->sample.val || !e->sample.mark)
 		goto oom;
 	int32_t max_blocks = blocks_for(e, e->cap);
 	for (int32_t i = 0; i < p->max_seqs; i++) {
 		struct wk_slot *sl = &e->slots[i];
 		sl->tokens = malloc((size_t)e->cap * sizeof(int32_t));
-		if (!sl->tokens)
+		sl->tok_unit = malloc((size_t)e->cap * sizeof(int32_t));
+		if (!sl->tokens || !sl->tok_unit)
 			goto oom;
-		/* one segment (WK_SEG_MAIN) until streaming thinking adds more */
-		struct wk_seg *seg = &sl->segs[WK_SEG_MAIN];
-		seg->blocks = malloc((size_t)max_blocks * sizeof(int32_t));
-		seg->pos = malloc((size_t)e->cap * sizeof(int32_t));
-		seg->cap = e->cap;
-		if (!seg->blocks || !seg->pos)
+		/* WK_SEG_MAIN (= WK_SEG_SOURCE) and WK_SEG_REASON */
+		if (seg_alloc(&sl->segs[WK_SEG_MAIN], e->cap, max_blocks) < 0 ||
+		    seg_alloc(&sl->segs[WK_SEG_REASON], e->cap, max_blocks) < 0)
 			goto oom;
 	}
 	return e;
@@ -155,7 +224,11 @@ static void seq_free(struct wk_seq *q)
 {
 	free(q->prompt);
 	free(q->stop);
-	q->prompt = q->stop = NULL;
+	free(q->st.conn);
+	free(q->st.units);
+	free(q->st.src);
+	free(q->st.unit_end);
+	q->prompt = q->stop = q->st.conn = q->st.units = q->st.src = q->st.unit_end = NULL;
 }
 
 void wk_engine_free(struct wk_engine *e)
@@ -173,6 +246,7 @@ void wk_engine_free(struct wk_engine *e)
 			struct wk_slot *sl = &e->slots[i];
 			seq_free(&sl->seq);
 			free(sl->tokens);
+			free(sl->tok_unit);
 			for (int s = 0; s < WK_MAX_SEGS; s++) {
 				free(sl->segs[s].blocks);
 				free(sl->segs[s].pos);
@@ -186,6 +260,8 @@ void wk_engine_free(struct wk_engine *e)
 	free(e->slots_kv);
 	free(e->row_slot);
 	free(e->row_idx);
+	free(e->row_flags);
+	free(e->row_seg);
 	free(e->logit_rows);
 	free(e->queries);
 	free(e->segs);
@@ -198,22 +274,150 @@ void wk_engine_free(struct wk_engine *e)
 	free(e);
 }
 
+/* ---- adding requests ------------------------------------------------------ */
+
+static int check_ids(const struct wk_engine *e, uint64_t id, const int32_t *ids, int32_t n,
+		     const char *what, struct cm_err *err)
+{
+	for (int32_t i = 0; i < n; i++)
+		if (ids[i] < 0 || ids[i] >= e->m->cfg.vocab)
+			return cm_err_set(err, CM_EINVAL,
+					  "request %llu: %s token id %d at %d outside the "
+					  "vocabulary (%d)",
+					  (unsigned long long)id, what, ids[i], i, e->m->cfg.vocab);
+	return CM_OK;
+}
+
+/* The forced start of a streaming request's reasoning: prompt, else think_prefix. */
+static void stream_forced(const struct wk_request *r, const int32_t **ids, int32_t *n)
+{
+	*ids = r->prompt;
+	*n = r->n_prompt;
+	if (r->n_prompt == 0 && r->think) {
+		*ids = r->think->think_prefix;
+		*n = r->think->n_think_prefix;
+	}
+}
+
+/* Checks the streaming fields of r (defaults applied by stream_init). */
+static int stream_check(const struct wk_engine *e, const struct wk_request *r,
+			struct cm_err *err)
+{
+	unsigned long long id = (unsigned long long)r->id;
+	const int32_t *forced;
+	int32_t n_forced, rc;
+	if (r->mode != WK_MODE_STREAMING && r->mode != WK_MODE_BATCH)
+		return cm_err_set(err, CM_EINVAL, "request %llu: unknown mode %d", id, r->mode);
+	if (r->phi < 0 || r->phi >= e->m->cfg.max_pos)
+		return cm_err_set(err, CM_EINVAL, "request %llu: phi %d outside [0, %d)", id,
+				  r->phi, e->m->cfg.max_pos);
+	if (r->unit_budget < 0 || r->final_budget < 0 || r->answer_budget < 0 ||
+	    (r->final_budget && r->answer_budget > r->final_budget))
+		return cm_err_set(err, CM_EINVAL,
+				  "request %llu: budgets must be >= 0 and answer <= final", id);
+	if (!r->think && r->max_tokens > 0)
+		return cm_err_set(err, CM_EINVAL,
+				  "request %llu: streaming generation needs the template's ids "
+				  "(think); without them only teacher forcing (max_tokens 0)",
+				  id);
+	stream_forced(r, &forced, &n_forced);
+	if (n_forced < 1)
+		return cm_err_set(err, CM_EINVAL, "request %llu: no forced reasoning start", id);
+	if ((rc = check_ids(e, r->id, forced, n_forced, "reasoning", err)) < 0)
+		return rc;
+	if (r->n_prompt_units < 0 || (r->n_prompt_units && (!r->prompt_units || !r->n_prompt)))
+		return cm_err_set(err, CM_EINVAL, "request %llu: bad prompt_units", id);
+	int64_t sum = 0;
+	for (int32_t i = 0; i < r->n_prompt_units; i++) {
+		if (r->prompt_units[i] < 1)
+			return cm_err_set(err, CM_EINVAL, "request %llu: empty forced unit %d", id,
+					  i);
+		sum += r->prompt_units[i];
+	}
+	if (r->n_prompt_units && sum != r->n_prompt)
+		return cm_err_set(err, CM_EINVAL,
+				  "request %llu: prompt_units add up to %lld, not %d tokens", id,
+				  (long long)sum, r->n_prompt);
+	if (r->think) {
+		const struct md_seg_ids *t = r->think;
+		int32_t b[] = { t->sep, t->eoq, t->eos, t->eot, t->eor, t->eoa, t->ignore };
+		if ((rc = check_ids(e, r->id, b, 7, "boundary", err)) < 0 ||
+		    (rc = check_ids(e, r->id, t->connect_2, t->n_connect_2, "connector", err)) < 0 ||
+		    (rc = check_ids(e, r->id, t->connect_3, t->n_connect_3, "connector", err)) < 0)
+			return rc;
+		if ((int64_t)n_forced + t->n_connect_2 + t->n_connect_3 >= e->cap)
+			return cm_err_set(err, CM_ERANGE,
+					  "request %llu: template longer than the context (%d)", id,
+					  e->cap);
+	} else if (n_forced > e->cap) {
+		return cm_err_set(err, CM_ERANGE,
+				  "request %llu: forced reasoning of %d tokens exceeds the context "
+				  "(%d)",
+				  id, n_forced, e->cap);
+	}
+	return CM_OK;
+}
+
+/* Fills q's streaming state from r (checked); the forced reasoning goes to q->prompt. */
+static int stream_init(struct wk_seq *q, const struct wk_request *r)
+{
+	struct wk_stream *st = &q->st;
+	const int32_t *forced;
+	int32_t n_forced;
+	stream_forced(r, &forced, &n_forced);
+	st->mode = r->mode;
+	st->phi = r->phi;
+	st->unit_budget = r->unit_budget ? r->unit_budget : 64;
+	st->final_budget = r->final_budget ? r->final_budget : 256;
+	st->answer_budget = r->answer_budget ? r->answer_budget : st->final_budget / 4;
+	st->answer_budget = CM_MIN(st->answer_budget, st->final_budget);
+	q->n_prompt = n_forced;
+	q->prompt = malloc((size_t)n_forced * sizeof(int32_t));
+	if (!q->prompt)
+		return CM_ENOMEM;
+	memcpy(q->prompt, forced, (size_t)n_forced * sizeof(int32_t));
+	if (r->n_prompt_units && r->n_prompt) {
+		st->units = malloc((size_t)r->n_prompt_units * sizeof(int32_t));
+		if (!st->units)
+			return CM_ENOMEM;
+		memcpy(st->units, r->prompt_units, (size_t)r->n_prompt_units * sizeof(int32_t));
+		st->n_prompt_units = r->n_prompt_units;
+	}
+	if (r->think) {
+		const struct md_seg_ids *t = r->think;
+		int32_t n2 = t->n_connect_2, n3 = t->n_connect_3;
+		st->has_ids = true;
+		st->ids = *t;
+		st->ids.think_prefix = NULL;
+		st->ids.n_think_prefix = 0;
+		st->conn = malloc((size_t)(n2 + n3 + 1) * sizeof(int32_t));
+		if (!st->conn)
+			return CM_ENOMEM;
+		if (n2)
+			memcpy(st->conn, t->connect_2, (size_t)n2 * sizeof(int32_t));
+		if (n3)
+			memcpy(st->conn + n2, t->connect_3, (size_t)n3 * sizeof(int32_t));
+		st->ids.connect_2 = st->conn;
+		st->ids.connect_3 = st->conn + n2;
+	}
+	return CM_OK;
+}
+
 int wk_engine_add(struct wk_engine *e, const struct wk_request *r, struct cm_err *err)
 {
 	int rc;
-	if (r->n_prompt < 1)
+	bool stream = r->mode != WK_MODE_GENERATE;
+	if (!stream && r->n_prompt < 1)
 		return cm_err_set(err, CM_EINVAL, "request %llu: empty prompt",
 				  (unsigned long long)r->id);
-	if (r->max_tokens < 0 || r->n_stop < 0 || (r->n_stop && !r->stop_ids))
+	if (r->max_tokens < 0 || r->n_stop < 0 || (r->n_stop && !r->stop_ids) ||
+	    r->n_prompt < 0 || (r->n_prompt && !r->prompt))
 		return cm_err_set(err, CM_EINVAL, "request %llu: bad limits",
 				  (unsigned long long)r->id);
-	for (int32_t i = 0; i < r->n_prompt; i++)
-		if (r->prompt[i] < 0 || r->prompt[i] >= e->m->cfg.vocab)
-			return cm_err_set(err, CM_EINVAL,
-					  "request %llu: token id %d at %d outside the vocabulary "
-					  "(%d)",
-					  (unsigned long long)r->id, r->prompt[i], i,
-					  e->m->cfg.vocab);
+	if (stream && (rc = stream_check(e, r, err)) < 0)
+		return rc;
+	if (!stream && (rc = check_ids(e, r->id, r->prompt, r->n_prompt, "prompt", err)) < 0)
+		return rc;
 	if (r->n_prompt > e->cap || blocks_for(e, r->n_prompt) > e->kv.n_blocks)
 		return cm_err_set(err, CM_ERANGE,
 				  "request %llu: prompt of %d tokens exceeds the context (%d)",
@@ -234,14 +438,20 @@ int wk_engine_add(struct wk_engine *e, const struct wk_request *r, struct cm_err
 	q->prompt_logits = r->prompt_logits;
 	q->on_logits = r->on_logits;
 	q->ud = r->ud;
-	q->prompt = malloc((size_t)r->n_prompt * sizeof(int32_t));
 	q->stop = malloc((size_t)(r->n_stop + 1) * sizeof(int32_t));
-	if (!q->prompt || !q->stop) {
+	if (stream) {
+		rc = stream_init(q, r);
+	} else {
+		q->prompt = malloc((size_t)r->n_prompt * sizeof(int32_t));
+		rc = q->prompt ? CM_OK : CM_ENOMEM;
+		if (q->prompt)
+			memcpy(q->prompt, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
+	}
+	if (rc < 0 || !q->stop) {
 		seq_free(q);
 		free(q);
 		return cm_err_set(err, CM_ENOMEM, "out of memory");
 	}
-	memcpy(q->prompt, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
 	if (r->n_stop)
 		memcpy(q->stop, r->stop_ids, (size_t)r->n_stop * sizeof(int32_t));
 	wk__sampler_init(&q->sampler, &r->sample);
@@ -251,6 +461,88 @@ int wk_engine_add(struct wk_engine *e, const struct wk_request *r, struct cm_err
 		e->queue = q;
 	e->queue_tail = q;
 	e->n_queued++;
+	return CM_OK;
+}
+
+/* The queued or running request id: its seq, and its slot when running. */
+static struct wk_seq *seq_find(struct wk_engine *e, uint64_t id, struct wk_slot **slot)
+{
+	*slot = NULL;
+	for (int32_t i = 0; i < e->p.max_seqs; i++) {
+		struct wk_slot *sl = &e->slots[i];
+		if (sl->used && !sl->aborted && sl->seq.id == id) {
+			*slot = sl;
+			return &sl->seq;
+		}
+	}
+	for (struct wk_seq *q = e->queue; q; q = q->next)
+		if (q->id == id)
+			return q;
+	return NULL;
+}
+
+static int grow(int32_t **a, int32_t *cap, int32_t need)
+{
+	if (need <= *cap)
+		return CM_OK;
+	int32_t c = CM_MAX(need, CM_MAX(2 * *cap, 64));
+	int32_t *p = realloc(*a, (size_t)c * sizeof(int32_t));
+	if (!p)
+		return CM_ENOMEM;
+	*a = p;
+	*cap = c;
+	return CM_OK;
+}
+
+int wk_engine_input(struct wk_engine *e, uint64_t req_id, const int32_t *unit, int32_t n,
+		    struct cm_err *err)
+{
+	struct wk_slot *sl;
+	struct wk_seq *q = seq_find(e, req_id, &sl);
+	unsigned long long id = (unsigned long long)req_id;
+	int rc;
+	if (!q)
+		return cm_err_set(err, CM_ENOENT, "request %llu: unknown or finished", id);
+	struct wk_stream *st = &q->st;
+	if (!is_stream(q))
+		return cm_err_set(err, CM_EINVAL, "request %llu: input to a generate request", id);
+	if (st->closed)
+		return cm_err_set(err, CM_EINVAL, "request %llu: input after the close", id);
+	if (n < 1 || !unit)
+		return cm_err_set(err, CM_EINVAL, "request %llu: empty unit", id);
+	if ((rc = check_ids(e, req_id, unit, n, "source", err)) < 0)
+		return rc;
+	if ((int64_t)st->src_n + n > e->cap)
+		return cm_err_set(err, CM_ERANGE,
+				  "request %llu: source of %lld tokens exceeds the context (%d)", id,
+				  (long long)st->src_n + n, e->cap);
+	int32_t extra = blocks_for(e, st->src_n + n) - blocks_for(e, st->src_n);
+	if (sl && e->reserved + extra > e->kv.n_blocks)
+		return cm_err_set(err, CM_ERANGE, "request %llu: the KV pool is full", id);
+	if (grow(&st->src, &st->src_cap, st->src_n + n) < 0 ||
+	    grow(&st->unit_end, &st->units_cap, st->n_units + 1) < 0)
+		return cm_err_set(err, CM_ENOMEM, "out of memory");
+	memcpy(st->src + st->src_n, unit, (size_t)n * sizeof(int32_t));
+	st->src_n += n;
+	st->unit_end[st->n_units++] = st->src_n;
+	if (sl) {
+		sl->reserved += extra;
+		e->reserved += extra;
+	}
+	return CM_OK;
+}
+
+int wk_engine_close_input(struct wk_engine *e, uint64_t req_id, struct cm_err *err)
+{
+	struct wk_slot *sl;
+	struct wk_seq *q = seq_find(e, req_id, &sl);
+	if (!q)
+		return cm_err_set(err, CM_ENOENT, "request %llu: unknown or finished",
+				  (unsigned long long)req_id);
+	if (!is_stream(q))
+		return cm_err_set(err, CM_EINVAL, "request %llu: close of a generate request",
+				  (unsigned long long)req_id);
+	q->st.closed = true;
 	return CM_OK;
 }
 
@@ -294,11 +586,34 @@ bool wk_engine_busy(const struct wk_engine *e)
 	return false;
 }
 
-/* Blocks a request needs for its whole life. */
+/* ---- admission ------------------------------------------------------------ */
+
+/* Blocks a request needs for its whole life (streaming: its reasoning, and the
+ * source that has arrived so far). */
 static int32_t blocks_needed(const struct wk_engine *e, const struct wk_seq *q)
 {
 	int64_t tokens = (int64_t)q->n_prompt + q->max_tokens;
-	return blocks_for(e, (int32_t)CM_MIN(tokens, (int64_t)e->cap));
+	if (!is_stream(q))
+		return blocks_for(e, (int32_t)CM_MIN(tokens, (int64_t)e->cap));
+	tokens += q->st.ids.n_connect_2 + q->st.ids.n_connect_3;
+	return blocks_for(e, (int32_t)CM_MIN(tokens, (int64_t)e->cap)) + blocks_for(e, q->st.src_n);
+}
+
+/* A streaming sequence starts on its forced units; then on the unit after them. */
+static void stream_start(struct wk_slot *sl)
+{
+	struct wk_stream *st = &sl->seq.st;
+	int32_t u = 0, left = st->units ? st->units[0] : sl->n_tokens;
+	for (int32_t i = 0; i < sl->n_tokens; i++) {
+		if (left == 0)
+			left = st->units[++u];
+		sl->tok_unit[i] = u;
+		left--;
+	}
+	st->stage = ST_UNITS;
+	st->unit = u + 1;
+	st->unit_gen = 0;
+	st->final_gen = 0;
 }
 
 /* Moves queued requests into free slots, in arrival order, while KV allows. */
@@ -329,8 +644,11 @@ static void admit(struct wk_engine *e)
 		sl->aborted = false;
 		sl->n_tokens = sl->seq.n_prompt;
 		sl->n_fed = 0;
+		sl->n_gen = 0;
 		sl->reserved = CM_MIN(need, e->kv.n_blocks);
 		e->reserved += sl->reserved;
+		if (is_stream(&sl->seq))
+			stream_start(sl);
 	}
 }
 
@@ -342,6 +660,7 @@ static void slot_release(struct wk_engine *e, struct wk_slot *sl)
 	e->reserved -= sl->reserved;
 	sl->reserved = 0;
 	seq_free(&sl->seq);
+	memset(&sl->seq.st, 0, sizeof(sl->seq.st));
 	sl->used = false;
 }
 
@@ -349,16 +668,49 @@ static void push_event(struct wk_event *ev, int max_ev, int *n_ev, const struct 
 		       int32_t token, enum wk_finish finish)
 {
 	CM_ASSERT(*n_ev < max_ev);
-	ev[(*n_ev)++] = (struct wk_event){
+	const struct wk_stream *st = &sl->seq.st;
+	struct wk_event x = {
 		.req_id = sl->seq.id,
 		.token = token,
+		.phase = WK_PHASE_ANSWER,
+		.unit = -1,
 		.finish = finish,
 		.n_prompt = sl->seq.n_prompt,
-		.n_generated = sl->n_tokens - sl->seq.n_prompt,
+		.n_generated = sl->n_gen,
 	};
+	if (is_stream(&sl->seq)) {
+		x.phase = st->stage == ST_ANSWER ? WK_PHASE_ANSWER : WK_PHASE_THOUGHT;
+		x.unit = st->stage == ST_UNITS ? CM_MIN(st->unit, st->n_units) : st->n_units;
+	}
+	ev[(*n_ev)++] = x;
 }
 
-/* Adds up to budget tokens of sl (from n_fed on) to the batch; returns the count. */
+/* ---- building a step ------------------------------------------------------ */
+
+/* The sequence index of sl in this step (assigned on its first token). */
+static int32_t seq_index(struct wk_slot *sl, int32_t *n_seq)
+{
+	if (sl->batch_index < 0)
+		sl->batch_index = (*n_seq)++;
+	return sl->batch_index;
+}
+
+/* Appends one row of the step. */
+static void row_set(struct wk_engine *e, int32_t t, const struct wk_slot *sl, int32_t id,
+		    int32_t idx, int32_t bi, uint8_t flags, int32_t seg)
+{
+	e->ids[t] = id;
+	e->row_seg[t] = seg;
+	e->row_slot[t] = (int32_t)(sl - e->slots);
+	e->row_idx[t] = idx;
+	e->row_flags[t] = flags;
+	struct kern_attn_query *qy = &e->queries[t];
+	memset(qy, 0, sizeof(*qy));
+	qy->seq = bi;
+}
+
+/* Adds up to budget tokens of a generate-mode sl (from n_fed on) to the batch;
+ * returns the count. */
 static int32_t batch_add(struct wk_engine *e, struct wk_slot *sl, int32_t *n_seq, int32_t *T,
 			 int32_t budget)
 {
@@ -366,54 +718,241 @@ static int32_t batch_add(struct wk_engine *e, struct wk_slot *sl, int32_t *n_seq
 	if (take <= 0)
 		return 0;
 	struct wk_seg *seg = &sl->segs[WK_SEG_MAIN];
-	int32_t t0 = *T, bi = *n_seq;
+	int32_t t0 = *T;
 	for (int32_t j = 0; j < take; j++)
 		e->pos[t0 + j] = sl->n_fed + j; /* plain generation: position = index */
 	if (wk__seg_append(&e->kv, seg, take, e->pos + t0, e->slots_kv + t0) < 0)
 		return 0; /* cannot happen within the reservation; retried next step */
+	int32_t bi = seq_index(sl, n_seq);
 	for (int32_t j = 0; j < take; j++) {
 		int32_t idx = sl->n_fed + j;
-		e->ids[t0 + j] = sl->tokens[idx];
-		e->row_slot[t0 + j] = (int32_t)(sl - e->slots);
-		e->row_idx[t0 + j] = idx;
-		struct kern_attn_query *qy = &e->queries[t0 + j];
-		memset(qy, 0, sizeof(*qy));
-		qy->seq = bi;
-		qy->n_vis[WK_SEG_MAIN] = idx + 1; /* causal */
+		bool sample = idx == sl->n_tokens - 1 && sl->seq.max_tokens > 0;
+		bool logits = sample || (sl->seq.prompt_logits && idx < sl->seq.n_prompt);
+		row_set(e, t0 + j, sl, sl->tokens[idx], idx, bi,
+			(uint8_t)((logits ? ROW_LOGITS : 0) | (sample ? ROW_SAMPLE : 0)),
+			WK_SEG_MAIN);
+		e->queries[t0 + j].n_vis[WK_SEG_MAIN] = idx + 1; /* causal */
 	}
-	struct kern_kv_seg *ks = &e->segs[(size_t)bi * WK_MAX_SEGS];
-	for (int s = 0; s < WK_MAX_SEGS; s++)
-		ks[s] = (struct kern_kv_seg){ .blocks = sl->segs[s].blocks,
-					      .n_tok = sl->segs[s].n_tok };
-	sl->batch_index = bi;
 	sl->n_fed += take;
 	*T += take;
-	(*n_seq)++;
 	return take;
 }
 
-/* Does the row of sl's token seq_index (fed this step) need logits? */
-static bool row_wants_logits(const struct wk_slot *sl, int32_t seq_index)
+/* Is the source of sl readable now (batch mode reads it only after the close)? */
+static bool stream_may_read(const struct wk_stream *st)
 {
-	bool sample = seq_index == sl->n_tokens - 1 && sl->seq.max_tokens > 0;
-	return sample || (sl->seq.prompt_logits && seq_index < sl->seq.n_prompt);
+	return st->mode == WK_MODE_STREAMING || st->closed;
 }
 
-/* Samples the next token of sl from logits and reports it. */
+/* The number of source tokens reasoning token i of sl sees, or -1 while the
+ * source it needs has not been read (src_ready tokens are). Token i belongs to
+ * unit tok_unit[i] but is fed with the visibility of the next token's unit: the
+ * one-token shift. The last forced token of a teacher-forced request (nothing
+ * follows) keeps its own unit. */
+static int32_t reason_vis(const struct wk_slot *sl, int32_t i, int32_t src_ready)
+{
+	const struct wk_stream *st = &sl->seq.st;
+	int32_t u = i + 1 < sl->n_tokens ? sl->tok_unit[i + 1] : st->unit;
+	if (i + 1 == sl->n_tokens && sl->seq.max_tokens == 0)
+		u = sl->tok_unit[i];
+	if (st->mode == WK_MODE_BATCH || u >= st->n_units) {
+		if (!st->closed || src_ready < st->src_n)
+			return -1;
+		return st->src_n;
+	}
+	return src_ready >= st->unit_end[u] ? st->unit_end[u] : -1;
+}
+
+/* Will the token after sl's last be forced (no logits needed)? */
+static bool next_forced(const struct wk_slot *sl)
+{
+	const struct wk_stream *st = &sl->seq.st;
+	if (st->stage == ST_UNITS)
+		return st->unit_gen + 1 >= st->unit_budget;
+	if (st->stage == ST_FINAL) /* "</think>\n\n" is due */
+		return st->final_gen >= st->final_budget - st->answer_budget &&
+		       st->ids.n_connect_3 > 0;
+	return false;
+}
+
+/* Adds sl's source tokens (up to budget) to the batch; returns the count. */
+static int32_t stream_add_source(struct wk_engine *e, struct wk_slot *sl, int32_t *n_seq,
+				 int32_t *T, int32_t budget)
+{
+	struct wk_stream *st = &sl->seq.st;
+	int32_t take = CM_MIN(st->src_n - st->src_fed, budget);
+	if (take <= 0 || !stream_may_read(st))
+		return 0;
+	int32_t t0 = *T;
+	for (int32_t j = 0; j < take; j++)
+		e->pos[t0 + j] = st->src_fed + j; /* source positions 0..S-1 */
+	if (wk__seg_append(&e->kv, &sl->segs[WK_SEG_SOURCE], take, e->pos + t0,
+			   e->slots_kv + t0) < 0)
+		return 0;
+	int32_t bi = seq_index(sl, n_seq);
+	for (int32_t j = 0; j < take; j++) {
+		int32_t idx = st->src_fed + j;
+		row_set(e, t0 + j, sl, st->src[idx], idx, bi, 0, WK_SEG_SOURCE); /* no LM head */
+		e->queries[t0 + j].n_vis[WK_SEG_SOURCE] = idx + 1; /* causal, source only */
+	}
+	st->src_fed += take;
+	*T += take;
+	return take;
+}
+
+/* Adds up to budget of sl's known reasoning tokens whose source is read; returns
+ * the count. */
+static int32_t stream_add_reason(struct wk_engine *e, struct wk_slot *sl, int32_t *n_seq,
+				 int32_t *T, int32_t budget)
+{
+	struct wk_stream *st = &sl->seq.st;
+	int32_t take = 0;
+	while (take < budget && sl->n_fed + take < sl->n_tokens &&
+	       reason_vis(sl, sl->n_fed + take, st->src_fed) >= 0)
+		take++;
+	if (take == 0)
+		return 0;
+	int32_t t0 = *T;
+	for (int32_t j = 0; j < take; j++)
+		e->pos[t0 + j] = st->phi + sl->n_fed + j; /* group positions: phi + j */
+	if (wk__seg_append(&e->kv, &sl->segs[WK_SEG_REASON], take, e->pos + t0,
+			   e->slots_kv + t0) < 0)
+		return 0;
+	int32_t bi = seq_index(sl, n_seq);
+	for (int32_t j = 0; j < take; j++) {
+		int32_t idx = sl->n_fed + j;
+		bool last = idx == sl->n_tokens - 1 && sl->seq.max_tokens > 0;
+		bool sample = last && !next_forced(sl);
+		bool logits = sample || (sl->seq.prompt_logits && idx < sl->seq.n_prompt);
+		row_set(e, t0 + j, sl, sl->tokens[idx], idx, bi,
+			(uint8_t)((logits ? ROW_LOGITS : 0) | (sample ? ROW_SAMPLE : 0)),
+			WK_SEG_REASON);
+		e->queries[t0 + j].n_vis[WK_SEG_SOURCE] = reason_vis(sl, idx, st->src_fed);
+		e->queries[t0 + j].n_vis[WK_SEG_REASON] = idx + 1;
+		sl->forced_next = last && !sample;
+	}
+	sl->n_fed += take;
+	*T += take;
+	return take;
+}
+
+/* Appends forced tokens of unit u to sl's reasoning; false when the context is full. */
+static bool reason_append(struct wk_engine *e, struct wk_slot *sl, const int32_t *ids,
+			  int32_t n, int32_t u)
+{
+	if (sl->n_tokens + n > e->cap)
+		return false;
+	for (int32_t i = 0; i < n; i++) {
+		sl->tokens[sl->n_tokens] = ids[i];
+		sl->tok_unit[sl->n_tokens++] = u;
+	}
+	return true;
+}
+
+/* The input closed and every unit's reasoning ended: the final phase begins with
+ * the depth connector. Reports a CONTEXT finish when it does not fit. */
+static void stream_advance(struct wk_engine *e, struct wk_slot *sl, struct wk_event *ev,
+			   int max_ev, int *n_ev)
+{
+	struct wk_stream *st = &sl->seq.st;
+	if (st->stage != ST_UNITS || !st->closed || st->unit < st->n_units ||
+	    sl->seq.max_tokens == 0)
+		return;
+	st->stage = ST_FINAL;
+	st->unit = UNIT_FINAL;
+	if (!reason_append(e, sl, st->ids.connect_2, st->ids.n_connect_2, UNIT_FINAL)) {
+		push_event(ev, max_ev, n_ev, sl, -1, WK_FINISH_CONTEXT);
+		slot_release(e, sl);
+	}
+}
+
+/* ---- after the forward ---------------------------------------------------- */
+
+static bool is_boundary(const struct md_seg_ids *t, int32_t tok)
+{
+	return tok == t->sep || tok == t->eoq || tok == t->eos || tok == t->eot || tok == t->eor ||
+	       tok == t->eoa || tok == t->ignore;
+}
+
+/* The boundary forced on unit u: <SEP> or <EOQ> when its source unit ends so,
+ * else <EOT>. */
+static int32_t forced_boundary(const struct wk_stream *st, int32_t u)
+{
+	if (u < st->n_units) {
+		int32_t last = st->src[st->unit_end[u] - 1];
+		if (last == st->ids.sep || last == st->ids.eoq)
+			return last;
+	}
+	return st->ids.eot;
+}
+
+static enum wk_finish stop_check(const struct wk_engine *e, const struct wk_slot *sl,
+				 int32_t tok)
+{
+	for (int32_t i = 0; i < sl->seq.n_stop; i++)
+		if (sl->seq.stop[i] == tok)
+			return WK_FINISH_STOP;
+	if (sl->n_gen >= sl->seq.max_tokens)
+		return WK_FINISH_LENGTH;
+	if (sl->n_tokens >= e->cap)
+		return WK_FINISH_CONTEXT;
+	return WK_FINISH_NONE;
+}
+
+/* Picks the next reasoning token of a streaming sl (from logits, or forced when
+ * logits is NULL), advances its state machine and reports it. */
+static void stream_next(struct wk_engine *e, struct wk_slot *sl, float *logits,
+			struct wk_event *ev, int max_ev, int *n_ev)
+{
+	struct wk_stream *st = &sl->seq.st;
+	if (!logits && st->stage == ST_FINAL) {
+		/* deep-reasoning budget spent: close the thinking, the answer follows */
+		st->stage = ST_ANSWER;
+		if (!reason_append(e, sl, st->ids.connect_3, st->ids.n_connect_3, UNIT_FINAL)) {
+			push_event(ev, max_ev, n_ev, sl, -1, WK_FINISH_CONTEXT);
+			slot_release(e, sl);
+		}
+		return;
+	}
+	int32_t tok = logits ? wk__sample(&sl->seq.sampler, e->be, logits, e->m->cfg.vocab,
+					  sl->tokens, sl->n_tokens, &e->sample)
+			     : forced_boundary(st, st->unit);
+	sl->tokens[sl->n_tokens] = tok;
+	sl->tok_unit[sl->n_tokens++] = st->unit;
+	sl->n_gen++;
+	int at = *n_ev;
+	push_event(ev, max_ev, n_ev, sl, tok, WK_FINISH_NONE); /* this token's phase and unit */
+	if (st->stage == ST_UNITS) {
+		st->unit_gen++;
+		if (!logits || is_boundary(&st->ids, tok)) {
+			st->unit++;
+			st->unit_gen = 0;
+		}
+	} else {
+		st->final_gen++;
+		if (st->stage == ST_FINAL &&
+		    (tok == st->ids.think_end ||
+		     (st->ids.n_connect_3 == 0 &&
+		      st->final_gen >= st->final_budget - st->answer_budget)))
+			st->stage = ST_ANSWER;
+	}
+	enum wk_finish f = stop_check(e, sl, tok);
+	if (!f && st->stage != ST_UNITS && st->final_gen >= st->final_budget)
+		f = WK_FINISH_LENGTH;
+	ev[at].finish = f;
+	if (f)
+		slot_release(e, sl);
+}
+
+/* Samples the next token of a generate-mode sl from logits and reports it. */
 static void sample_one(struct wk_engine *e, struct wk_slot *sl, float *logits,
 		       struct wk_event *ev, int max_ev, int *n_ev)
 {
 	int32_t tok = wk__sample(&sl->seq.sampler, e->be, logits, e->m->cfg.vocab, sl->tokens,
 				 sl->n_tokens, &e->sample);
 	sl->tokens[sl->n_tokens++] = tok;
-	enum wk_finish f = WK_FINISH_NONE;
-	for (int32_t i = 0; i < sl->seq.n_stop; i++)
-		if (sl->seq.stop[i] == tok)
-			f = WK_FINISH_STOP;
-	if (!f && sl->n_tokens - sl->seq.n_prompt >= sl->seq.max_tokens)
-		f = WK_FINISH_LENGTH;
-	if (!f && sl->n_tokens >= e->cap)
-		f = WK_FINISH_CONTEXT;
+	sl->n_gen++;
+	enum wk_finish f = stop_check(e, sl, tok);
 	push_event(ev, max_ev, n_ev, sl, tok, f);
 	if (f)
 		slot_release(e, sl);
@@ -425,8 +964,9 @@ static void logits_and_sample(struct wk_engine *e, int32_t T, struct wk_event *e
 {
 	int32_t n_rows = 0;
 	for (int32_t t = 0; t < T; t++)
-		if (row_wants_logits(&e->slots[e->row_slot[t]], e->row_idx[t]))
+		if (e->row_flags[t] & ROW_LOGITS)
 			e->logit_rows[n_rows++] = t;
+	e->logit_rows_total += n_rows;
 	int32_t vocab = e->m->cfg.vocab;
 	for (int32_t c0 = 0; c0 < n_rows; c0 += e->p.max_logit_rows) {
 		int32_t n = CM_MIN(e->p.max_logit_rows, n_rows - c0);
@@ -437,10 +977,72 @@ static void logits_and_sample(struct wk_engine *e, int32_t T, struct wk_event *e
 			float *lg = e->logits + (size_t)i * vocab;
 			if (sl->seq.on_logits)
 				sl->seq.on_logits(sl->seq.ud, sl->seq.id, idx, lg, vocab);
-			if (idx == sl->n_tokens - 1 && sl->seq.max_tokens > 0)
+			if (!(e->row_flags[r] & ROW_SAMPLE))
+				continue;
+			if (is_stream(&sl->seq))
+				stream_next(e, sl, lg, ev, max_ev, n_ev);
+			else
 				sample_one(e, sl, lg, ev, max_ev, n_ev);
 		}
 	}
+}
+
+/* FLOPs of this step's forward (algorithms.md §0.2), without the LM head. */
+static double step_flops(const struct wk_engine *e, int32_t T)
+{
+	const struct md_config *c = &e->m->cfg;
+	double d = c->hidden, hd = c->head_dim, nh = c->n_head, nkv = c->n_kv_head;
+	double per_tok = 2 * d * (nh + 2 * nkv) * hd + 2 * nh * hd * d + 6 * d * c->intermediate;
+	double ctx = 0;
+	for (int32_t t = 0; t < T; t++) {
+		const struct kern_attn_query *q = &e->queries[t];
+		for (int s = 0; s < WK_MAX_SEGS; s++)
+			ctx += CM_MIN(q->n_vis[s], e->segs[(size_t)q->seq * WK_MAX_SEGS + s].n_tok);
+	}
+	return c->n_layer * (per_tok * T + 4 * nh * hd * ctx);
+}
+
+/* Builds the step's batch: decode tokens first (one per sequence), then prefill
+ * chunks (prompts, streaming source and the reasoning it unblocks, forced
+ * reasoning). Returns the number of tokens; *decoded counts the first kind. */
+static int32_t build_batch(struct wk_engine *e, int32_t *n_seq, int64_t *decoded)
+{
+	int32_t T = 0, budget = e->p.max_batch_tokens;
+	for (int32_t i = 0; i < e->p.max_seqs; i++) {
+		struct wk_slot *sl = &e->slots[i];
+		sl->batch_index = -1;
+		sl->forced_next = false;
+		if (!sl->used || sl->n_fed < sl->seq.n_prompt || T >= budget)
+			continue;
+		if (is_stream(&sl->seq))
+			*decoded += stream_add_reason(e, sl, n_seq, &T, 1);
+		else if (sl->n_fed < sl->n_tokens)
+			*decoded += batch_add(e, sl, n_seq, &T, 1);
+	}
+	for (int32_t i = 0; i < e->p.max_seqs && T < budget; i++) {
+		struct wk_slot *sl = &e->slots[i];
+		if (!sl->used)
+			continue;
+		if (!is_stream(&sl->seq)) {
+			if (sl->batch_index < 0 && sl->n_fed < sl->seq.n_prompt)
+				batch_add(e, sl, n_seq, &T, budget - T);
+			continue;
+		}
+		e->tokens_source += stream_add_source(e, sl, n_seq, &T, budget - T);
+		/* what the source just read unblocks, and forced tokens in chunks */
+		stream_add_reason(e, sl, n_seq, &T, budget - T);
+	}
+	/* segment lengths as seen by this step's attention: after all appends */
+	for (int32_t i = 0; i < e->p.max_seqs; i++) {
+		struct wk_slot *sl = &e->slots[i];
+		if (sl->batch_index < 0)
+			continue;
+		struct kern_kv_seg *ks = &e->segs[(size_t)sl->batch_index * WK_MAX_SEGS];
+		for (int s = 0; s < WK_MAX_SEGS; s++)
+			ks[s] = (struct kern_kv_seg){ .blocks = sl->segs[s].blocks,
+						      .n_tok = sl->segs[s].n_tok };
+	}
+	return T;
 }
 
 int wk_engine_step(struct wk_engine *e, struct wk_event *ev, int max_ev, int *n_ev,
@@ -453,6 +1055,7 @@ int wk_engine_step(struct wk_engine *e, struct wk_event *ev, int max_ev, int *n_
 	for (int32_t i = 0; i < e->n_aborted_queued && *n_ev < max_ev; i++)
 		ev[(*n_ev)++] = (struct wk_event){ .req_id = e->aborted_queued[i],
 						   .token = -1,
+						   .unit = -1,
 						   .finish = WK_FINISH_ABORT };
 	e->n_aborted_queued = 0;
 	for (int32_t i = 0; i < e->p.max_seqs; i++) {
@@ -463,25 +1066,25 @@ int wk_engine_step(struct wk_engine *e, struct wk_event *ev, int max_ev, int *n_
 		}
 	}
 	admit(e);
+	for (int32_t i = 0; i < e->p.max_seqs; i++)
+		if (e->slots[i].used && is_stream(&e->slots[i].seq))
+			stream_advance(e, &e->slots[i], ev, max_ev, n_ev);
 
-	/* decode tokens first (one each), then prefill chunks, in slot order */
-	int32_t T = 0, n_seq = 0, budget = e->p.max_batch_tokens;
+	int32_t n_seq = 0;
 	int64_t decoded = 0;
-	for (int32_t i = 0; i < e->p.max_seqs; i++) {
-		struct wk_slot *sl = &e->slots[i];
-		sl->batch_index = -1;
-		if (sl->used && sl->n_fed >= sl->seq.n_prompt && sl->n_fed < sl->n_tokens)
-			decoded += batch_add(e, sl, &n_seq, &T, CM_MIN(1, budget - T));
-	}
-	for (int32_t i = 0; i < e->p.max_seqs && T < budget; i++) {
-		struct wk_slot *sl = &e->slots[i];
-		if (sl->used && sl->batch_index < 0 && sl->n_fed < sl->seq.n_prompt)
-			batch_add(e, sl, &n_seq, &T, budget - T);
-	}
+	int32_t T = build_batch(e, &n_seq, &decoded);
 	if (T == 0)
 		return CM_OK;
 
-	/* segment lengths as seen by this step's attention: after all appends */
+	for (int32_t t = 0; e->trace && t < T; t++) {
+		struct wk_row_trace r = { .req_id = e->slots[e->row_slot[t]].seq.id,
+					  .token = e->ids[t],
+					  .seg = e->row_seg[t],
+					  .index = e->row_idx[t],
+					  .pos = e->pos[t] };
+		memcpy(r.n_vis, e->queries[t].n_vis, sizeof(r.n_vis));
+		e->trace(e->trace_ud, &r);
+	}
 	struct wk_batch b = {
 		.n = T,
 		.ids = e->ids,
@@ -496,17 +1099,51 @@ int wk_engine_step(struct wk_engine *e, struct wk_event *ev, int max_ev, int *n_
 	e->steps++;
 	e->tokens_decoded += decoded;
 	e->tokens_prefilled += T - decoded;
+	e->flops += step_flops(e, T);
 	logits_and_sample(e, T, ev, max_ev, n_ev);
 
-	/* prompt-only requests finish once their prompt is in the cache */
 	for (int32_t i = 0; i < e->p.max_seqs; i++) {
 		struct wk_slot *sl = &e->slots[i];
-		if (sl->used && sl->seq.max_tokens == 0 && sl->n_fed == sl->n_tokens) {
+		if (!sl->used)
+			continue;
+		/* streaming: a forced next token needs no logits */
+		if (sl->forced_next)
+			stream_next(e, sl, NULL, ev, max_ev, n_ev);
+		/* prompt-only requests finish once their prompt is in the cache */
+		else if (sl->seq.max_tokens == 0 && sl->n_fed == sl->n_tokens) {
 			push_event(ev, max_ev, n_ev, sl, -1, WK_FINISH_LENGTH);
 			slot_release(e, sl);
 		}
 	}
 	return CM_OK;
+}
+
+void wk_engine_set_trace(struct wk_engine *e, wk_trace_fn fn, void *ud)
+{
+	e->trace = fn;
+	e->trace_ud = ud;
+}
+
+bool wk_engine_ready(const struct wk_engine *e)
+{
+	if (e->queue || e->n_aborted_queued)
+		return true;
+	for (int32_t i = 0; i < e->p.max_seqs; i++) {
+		const struct wk_slot *sl = &e->slots[i];
+		if (!sl->used)
+			continue;
+		if (sl->aborted || !is_stream(&sl->seq))
+			return true;
+		const struct wk_stream *st = &sl->seq.st;
+		if (stream_may_read(st) && st->src_fed < st->src_n)
+			return true;
+		if (st->stage == ST_UNITS && st->closed && st->unit >= st->n_units &&
+		    sl->seq.max_tokens > 0)
+			return true; /* the final phase starts */
+		if (sl->n_fed < sl->n_tokens && reason_vis(sl, sl->n_fed, st->src_fed) >= 0)
+			return true;
+	}
+	return false;
 }
 
 void wk_engine_stats(const struct wk_engine *e, struct wk_engine_stats *s)
@@ -520,4 +1157,7 @@ void wk_engine_stats(const struct wk_engine *e, struct wk_engine_stats *s)
 	s->steps = e->steps;
 	s->tokens_prefilled = e->tokens_prefilled;
 	s->tokens_decoded = e->tokens_decoded;
+	s->tokens_source = e->tokens_source;
+	s->logit_rows = e->logit_rows_total;
+	s->flops = e->flops + 2.0 * e->m->cfg.hidden * e->m->cfg.vocab * (double)e->logit_rows_total;
 }

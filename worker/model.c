@@ -209,6 +209,73 @@ void wk_model_free(struct wk_model *m)
 	}
 	kern_free(m->be, m->final_norm);
 	kern_free(m->be, m->inv_freq);
+	kern_free(m->be, m->wbuf);
 	md_weights_free(m->weights);
 	free(m);
+}
+
+/* Every weight matrix of m that wk_model_convert moves: the LM head, then each
+ * layer's seven. Returns the count (at most 1 + 7 n_layer). */
+static int model_mats(struct wk_model *m, struct kern_mat **out)
+{
+	int n = 0;
+	out[n++] = &m->lm_head;
+	for (int l = 0; l < m->cfg.n_layer; l++) {
+		struct wk_layer *ly = &m->layers[l];
+		struct kern_mat *mats[] = { &ly->wq,	 &ly->wk,   &ly->wv,	&ly->wo,
+					    &ly->w_gate, &ly->w_up, &ly->w_down };
+		for (size_t i = 0; i < CM_ARRAY_LEN(mats); i++)
+			out[n++] = mats[i];
+	}
+	return n;
+}
+
+int wk_model_convert(struct wk_model *m, enum wk_weights how, struct cm_err *err)
+{
+	if (m->wbuf)
+		return cm_err_set(err, CM_EINVAL, "model weights converted already");
+	if (how == WK_WEIGHTS_MAPPED)
+		return CM_OK;
+	int rc = CM_OK;
+	struct kern_mat **src = malloc((size_t)(1 + 7 * m->cfg.n_layer) * sizeof(*src));
+	struct kern_mat *dst = malloc((size_t)(1 + 7 * m->cfg.n_layer) * sizeof(*dst));
+	if (!src || !dst) {
+		rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+		goto out;
+	}
+	int n = model_mats(m, src);
+	size_t total = 0;
+	for (int i = 0; i < n; i++) {
+		dst[i] = *src[i];
+		if (how == WK_WEIGHTS_Q8 && src[i]->cols % KERN_Q8_BLOCK == 0)
+			dst[i].dtype = KERN_Q8_0;
+		total += (kern_mat_bytes(&dst[i]) + 63) / 64 * 64;
+	}
+	char *buf = kern_alloc(m->be, total);
+	if (!buf) {
+		rc = cm_err_set(err, CM_ENOMEM, "out of memory for %zu bytes of weights", total);
+		goto out;
+	}
+	size_t off = 0;
+	for (int i = 0; i < n && rc == CM_OK; i++) {
+		dst[i].data = buf + off;
+		off += (kern_mat_bytes(&dst[i]) + 63) / 64 * 64;
+		rc = kern_convert(m->be, src[i], &dst[i], err);
+	}
+	if (rc < 0) {
+		kern_free(m->be, buf);
+		goto out;
+	}
+	bool tied = m->embed.data == m->lm_head.data;
+	for (int i = 0; i < n; i++)
+		*src[i] = dst[i];
+	if (tied && m->lm_head.dtype == m->embed.dtype)
+		m->embed = m->lm_head; /* the copy serves the lookups too */
+	m->wbuf = buf;
+	CM_LOG_INFO("weights: %zu bytes in backend memory%s", total,
+		    how == WK_WEIGHTS_Q8 ? ", q8_0" : "");
+out:
+	free(src);
+	free(dst);
+	return rc;
 }

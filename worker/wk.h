@@ -48,6 +48,7 @@ struct wk_model {
 	float *final_norm;           /* [d] */
 	float *inv_freq;             /* [hd/2], rope scaling applied */
 	struct wk_layer *layers;     /* [n_layer] */
+	void *wbuf;                  /* owned: backend copy of the matrices (wk_model_convert) */
 };
 
 /* Maps the weights of dir and checks every tensor's presence, shape and dtype
@@ -56,6 +57,19 @@ struct wk_model {
  * CM_EUNSUPPORTED, plus md_config_load's and md_weights_open's. */
 struct wk_model *wk_model_load(const char *dir, struct kern_backend *be, struct cm_err *err);
 void wk_model_free(struct wk_model *m);
+
+/* Where the weight matrices live after wk_model_convert. */
+enum wk_weights {
+	WK_WEIGHTS_MAPPED = 0, /* in the file mapping, as stored (what wk_model_load gives) */
+	WK_WEIGHTS_COPY,       /* copied into one backend buffer (huge pages on the CPU) */
+	WK_WEIGHTS_Q8,         /* the same, quantised to KERN_Q8_0 where the columns allow */
+};
+
+/* Moves every weight matrix (layers and LM head; a separate embedding stays mapped,
+ * a lookup reads a few rows) into one backend buffer, owned by m, as how says;
+ * once per model. Errors: CM_ENOMEM, CM_EINVAL (converted already); m is then
+ * unchanged. */
+int wk_model_convert(struct wk_model *m, enum wk_weights how, struct cm_err *err);
 
 /* ---- sampling ----------------------------------------------------------- */
 
@@ -74,6 +88,9 @@ struct wk_sample_params wk_sample_default_params(void);
 
 #define WK_MAX_SEGS KERN_MAX_SEGS
 #define WK_SEG_MAIN 0
+/* streaming thinking: the source (input) segment and the reasoning segment */
+#define WK_SEG_SOURCE 0
+#define WK_SEG_REASON 1
 
 enum wk_finish {
 	WK_FINISH_NONE = 0,   /* still running */
@@ -119,21 +136,53 @@ enum wk_phase {
 	WK_PHASE_ANSWER,       /* the answer */
 };
 
+/* Streaming and batch modes (docs/streaming.md). The source arrives unit by
+ * unit through wk_engine_input(): source token i has position i, attends
+ * causally to source only and gets no LM head. The reasoning is a second
+ * segment: reasoning token j has position phi + j and sees the earlier
+ * reasoning plus the source units 0..k when it belongs to reasoning unit k; a
+ * token that ends unit k (sampled boundary or forced) is fed only once source
+ * unit k + 1 is read, and sees it (the one-token shift of algorithms.md §1.2.3).
+ * Reasoning unit 0 is teacher-forced: prompt, or when prompt is empty the
+ * template's think_prefix ("<|im_start|>assistant\n<think>\n<SEP>"); its last
+ * token is a boundary. Then per unit at most unit_budget tokens are generated,
+ * its boundary included: one of the template's seven added tokens when sampled,
+ * else forced (<EOQ> for a unit whose source ends in <EOQ> or <SEP>, that
+ * token; otherwise <EOT>). After the input closes and the last unit's boundary:
+ * the final phase feeds connect_2 (the depth connector), lets the model reason
+ * and answer for final_budget tokens; "</think>" sampled starts the answer, or
+ * connect_3 ("</think>\n\n") is forced once final_budget - answer_budget
+ * tokens were spent thinking. Batch mode waits for the close, prefills all
+ * source, and runs the same loop with every source token visible. */
 struct wk_request {
 	uint64_t id;                 /* caller's id, echoed in events */
 	enum wk_mode mode;
-	/* streaming / batch modes (ignored in generate mode); the prompt fields
-	 * below may then be empty: source arrives through wk_engine_input() */
+	/* streaming / batch modes (ignored in generate mode) */
 	int32_t phi;                 /* first reasoning position (group positions) */
-	int32_t unit_budget;         /* reasoning tokens per unit, then a boundary is forced */
-	int32_t final_budget;        /* tokens after the input closes (deep reasoning + answer) */
+	int32_t unit_budget;         /* reasoning tokens per unit, boundary included, then a
+				      * boundary is forced; 0: 64 */
+	int32_t final_budget;        /* tokens after the input closes (deep reasoning + answer);
+				      * 0: 256 */
+	int32_t answer_budget;       /* the part of final_budget kept for the answer; 0:
+				      * final_budget / 4 */
+	const struct md_seg_ids *think; /* the template's token ids (md_seg_ids()), copied;
+				      * NULL only for teacher forcing (no boundaries, no
+				      * connectors: needs max_tokens 0) */
+	const int32_t *prompt_units; /* [n_prompt_units] lengths that split prompt into forced
+				      * reasoning units (teacher forcing); NULL: one unit */
+	int32_t n_prompt_units;
+	/* generate mode: the prompt; streaming / batch: the forced start of the
+	 * reasoning (may be empty: then think->think_prefix) */
 	const int32_t *prompt;       /* [n_prompt], copied */
 	int32_t n_prompt;
-	int32_t max_tokens;          /* generated tokens at most */
+	int32_t max_tokens;          /* generated tokens at most (streaming: 0 runs the forced
+				      * reasoning only; the last forced token then sees its
+				      * own unit, as in training) */
 	const int32_t *stop_ids;     /* [n_stop], copied; finish STOP when sampled */
 	int32_t n_stop;
 	struct wk_sample_params sample;
-	bool prompt_logits;          /* report the logits of every prompt position */
+	bool prompt_logits;          /* report the logits of every prompt position
+				      * (streaming: of every forced reasoning token) */
 	wk_logits_fn on_logits;      /* optional */
 	void *ud;
 };
@@ -142,8 +191,10 @@ struct wk_request {
 struct wk_event {
 	uint64_t req_id;
 	int32_t token;               /* -1 when the event only finishes */
-	enum wk_phase phase;
-	int32_t unit;                /* streaming: the source unit the reasoning is on */
+	enum wk_phase phase;         /* generate mode: ANSWER; streaming and batch: THOUGHT
+				      * until "</think>" (sampled or forced), then ANSWER */
+	int32_t unit;                /* streaming: the unit the reasoning is on; the number
+				      * of units in the final phase; generate mode: -1 */
 	enum wk_finish finish;       /* WK_FINISH_NONE while running */
 	int32_t n_prompt, n_generated;
 };
@@ -167,7 +218,8 @@ int wk_engine_add(struct wk_engine *e, const struct wk_request *req, struct cm_e
 int wk_engine_input(struct wk_engine *e, uint64_t req_id, const int32_t *unit, int32_t n,
 		    struct cm_err *err);
 /* Marks request req_id's input as complete: the final phase starts after its last
- * unit's reasoning. CM_ENOENT when unknown. */
+ * unit's reasoning (a close in the middle of a unit lets that unit finish). Closing
+ * twice is harmless. CM_ENOENT when unknown, CM_EINVAL in generate mode. */
 int wk_engine_close_input(struct wk_engine *e, uint64_t req_id, struct cm_err *err);
 
 /* Aborts a queued or running request; its KV blocks are freed and a finish event
@@ -176,6 +228,10 @@ int wk_engine_abort(struct wk_engine *e, uint64_t req_id);
 
 /* True while any request is queued or running. */
 bool wk_engine_busy(const struct wk_engine *e);
+/* True when the next step has work (tokens to compute or events to report);
+ * false while every running request waits for streaming input (or none runs):
+ * then wait for input instead of stepping. */
+bool wk_engine_ready(const struct wk_engine *e);
 
 /* Runs one batched forward step: admits queued requests while there is room,
  * gives each running sequence either a prefill chunk or one decode token (at most
@@ -186,10 +242,33 @@ bool wk_engine_busy(const struct wk_engine *e);
 int wk_engine_step(struct wk_engine *e, struct wk_event *ev, int max_ev, int *n_ev,
 		   struct cm_err *err);
 
+/* One row of a step as the forward pass sees it (tests and debugging): the
+ * token, the segment it is written to, its index there, its rotary position and
+ * how many tokens of each segment of its sequence it attends to. */
+struct wk_row_trace {
+	uint64_t req_id;
+	int32_t token;
+	int32_t seg;                 /* WK_SEG_MAIN / WK_SEG_SOURCE or WK_SEG_REASON */
+	int32_t index;               /* in that segment */
+	int32_t pos;
+	int32_t n_vis[WK_MAX_SEGS];
+};
+
+typedef void (*wk_trace_fn)(void *ud, const struct wk_row_trace *row);
+
+/* Calls fn for every row of every later step, before its forward pass (NULL:
+ * off). For tests: costs a call per row. */
+void wk_engine_set_trace(struct wk_engine *e, wk_trace_fn fn, void *ud);
+
 struct wk_engine_stats {
 	int32_t running, queued;
 	int32_t kv_blocks_used, kv_blocks_total;
 	int64_t steps, tokens_prefilled, tokens_decoded;
+	int64_t tokens_source;       /* streaming: source tokens prefilled (in tokens_prefilled) */
+	int64_t logit_rows;          /* LM-head rows computed */
+	double flops;                /* forward FLOPs so far (algorithms.md §0.2 accounting:
+				      * projections, MLP, attention over the visible keys,
+				      * LM head for logit rows) */
 };
 
 void wk_engine_stats(const struct wk_engine *e, struct wk_engine_stats *s);

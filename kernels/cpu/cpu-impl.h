@@ -69,6 +69,11 @@ struct kern_cpu_ops {
 	void (*attn_part)(const struct kern_attn_params *p, const float *q, const int32_t *qi,
 			  int32_t nq, int32_t h0, int32_t h1, int32_t s, int32_t t0,
 			  const int32_t *t1, const struct kern_attn_state *st);
+	/* Machine limits (kern_bench_*): reads [p, p + bytes) (p 64-byte aligned, bytes
+	 * a multiple of 256) with vector loads and returns a value depending on it all;
+	 * iters rounds of independent f32 FMAs, returning the multiply-adds done. */
+	uint64_t (*bench_read)(const void *p, size_t bytes);
+	double (*bench_fma)(int64_t iters);
 };
 
 extern const struct kern_cpu_ops kern__cpu_ops_scalar;
@@ -83,6 +88,48 @@ extern const struct kern_cpu_ops kern__cpu_ops_avx512;
 size_t kern__avx512bf16_mm_pack_stride(const struct kern_mm *m);
 void kern__avx512bf16_mm_pack(const struct kern_mm *m, int32_t t0, int32_t t1);
 void kern__avx512bf16_mm_rows(const struct kern_mm *m, int32_t r0, int32_t r1);
+#endif
+
+#if KERN_HAVE_AVX512BF16
+/* iters rounds of independent vdpbf16ps; returns the multiply-adds done. */
+double kern__avx512bf16_bench(int64_t iters);
+#endif
+
+/* ---- KERN_Q8_0 (q8.c; ops_avx512vnni.c) ------------------------------------
+ * A matmul on q8_0 weights quantises each token's activations the same way
+ * (kern.h), packed like a weight row so that one 64-byte load pairs with one of
+ * the weights: a packed row holds the int8 values (interleaved by groups of 16
+ * blocks), then each block's f32 scale d at KERN_Q8_XD(cols), then each block's
+ * -128 x (sum of its int8 values) at KERN_Q8_XC(cols), which cancels the +128
+ * that makes the weights unsigned. */
+#define KERN_Q8_GROUP	  16 /* blocks per group */
+#define KERN_Q8_R64(n)	  (((size_t)(n) + 63) / 64 * 64)
+#define KERN_Q8_XD(cols)  KERN_Q8_R64(cols)
+#define KERN_Q8_XC(cols)  (KERN_Q8_XD(cols) + KERN_Q8_R64((size_t)(cols) / KERN_Q8_BLOCK * 4))
+
+/* Byte offset of weight e of block j of a row (either operand's layout). */
+static inline size_t kern__q8_at(int32_t cols, int32_t j, int32_t e)
+{
+	const int32_t nblk = cols / KERN_Q8_BLOCK, g = j / KERN_Q8_GROUP;
+	const int32_t nb = CM_MIN(KERN_Q8_GROUP, nblk - g * KERN_Q8_GROUP);
+	return (size_t)g * KERN_Q8_GROUP * KERN_Q8_BLOCK + (size_t)(e / 4) * (size_t)nb * 4 +
+	       (size_t)(j % KERN_Q8_GROUP) * 4 + (size_t)(e % 4);
+}
+
+/* Weights: rows [r0, r1) of src quantised into dst (KERN_Q8_0). */
+void kern__q8_quantize_rows(const struct kern_mat *src, const struct kern_mat *dst, int32_t r0,
+			    int32_t r1);
+/* Activations: the packed row stride, and tokens [t0, t1) of m->x packed. */
+size_t kern__q8_pack_stride(const struct kern_mm *m);
+void kern__q8_pack(const struct kern_mm *m, int32_t t0, int32_t t1);
+/* The oracle: y for rows [r0, r1), every token. */
+void kern__q8_rows(const struct kern_mm *m, int32_t r0, int32_t r1);
+#if KERN_HAVE_AVX512VNNI
+/* The same with AVX-512 (pack, bit for bit) and vpdpbusd (rows, by normalised error). */
+void kern__vnni_q8_pack(const struct kern_mm *m, int32_t t0, int32_t t1);
+void kern__vnni_q8_rows(const struct kern_mm *m, int32_t r0, int32_t r1);
+/* iters rounds of independent vpdpbusd; returns the multiply-adds done. */
+double kern__vnni_bench(int64_t iters);
 #endif
 
 /* IEEE half <-> float, round to nearest even (the F16C results, bit for bit). */

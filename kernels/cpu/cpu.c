@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -26,9 +27,16 @@
 #define CPU_ATTN_HEADS	    2		/* query heads per attention item, many queries */
 #define CPU_ATTN_SPLIT_MAXQ 4		/* at most this many queries: split partitions */
 
+/* The KERN_Q8_0 matmul functions in use (VNNI or the scalar oracle). */
+struct cpu_q8_fns {
+	void (*pack)(const struct kern_mm *m, int32_t t0, int32_t t1);
+	void (*rows)(const struct kern_mm *m, int32_t r0, int32_t r1);
+};
+
 struct kern_cpu {
 	struct kern_backend base;
 	const struct kern_cpu_ops *ops;
+	struct cpu_q8_fns q8;
 	enum kern_isa isa;
 	bool bf16_act;
 	struct cm_pool *pool;
@@ -73,10 +81,24 @@ enum kern_isa kern_cpu_detect_isa(void)
 	__cpuid_count(7, 1, a, b, c, d);
 	return (a & (1u << 5)) ? KERN_ISA_AVX512BF16 : KERN_ISA_AVX512;
 }
+
+bool kern_cpu_has_vnni(void)
+{
+	unsigned a, b, c, d;
+	if (kern_cpu_detect_isa() < KERN_ISA_AVX512)
+		return false;
+	__cpuid_count(7, 0, a, b, c, d);
+	return c & (1u << 11); /* AVX512_VNNI */
+}
 #else
 enum kern_isa kern_cpu_detect_isa(void)
 {
 	return KERN_ISA_SCALAR;
+}
+
+bool kern_cpu_has_vnni(void)
+{
+	return false;
 }
 #endif
 
@@ -139,19 +161,26 @@ static void cpu_parallel(struct kern_cpu *c, int32_t n, int32_t grain, int64_t w
 
 struct cpu_mm_job {
 	const struct kern_cpu_ops *ops;
+	const struct cpu_q8_fns *q8; /* KERN_Q8_0 weights, else NULL */
 	struct kern_mm m;
 };
 
 static void cpu_mm_pack_range(void *arg, int32_t t0, int32_t t1)
 {
 	struct cpu_mm_job *j = arg;
-	j->ops->mm_pack(&j->m, t0, t1);
+	if (j->q8)
+		j->q8->pack(&j->m, t0, t1);
+	else
+		j->ops->mm_pack(&j->m, t0, t1);
 }
 
 static void cpu_mm_rows_range(void *arg, int32_t r0, int32_t r1)
 {
 	struct cpu_mm_job *j = arg;
-	j->ops->mm_rows(&j->m, r0, r1);
+	if (j->q8)
+		j->q8->rows(&j->m, r0, r1);
+	else
+		j->ops->mm_rows(&j->m, r0, r1);
 }
 
 /* Packs the activations into the scratch (in token chunks when they do not fit),
@@ -166,7 +195,8 @@ static void cpu_matmul(struct kern_backend *be, const struct kern_mat *w, const 
 	j.m.cols = w->cols;
 	j.m.w = w->data;
 	j.m.bf16_act = c->bf16_act && w->dtype == KERN_BF16;
-	size_t stride = c->ops->mm_pack_stride(&j.m);
+	j.q8 = w->dtype == KERN_Q8_0 ? &c->q8 : NULL;
+	size_t stride = j.q8 ? kern__q8_pack_stride(&j.m) : c->ops->mm_pack_stride(&j.m);
 	int32_t chunk = n;
 	if (stride) {
 		CM_ASSERT(stride <= CPU_SCRATCH_BYTES);
@@ -716,20 +746,166 @@ static void cpu_attention(struct kern_backend *be, const struct kern_attn_params
 
 /* ---- the backend --------------------------------------------------------- */
 
+/* Every buffer starts with this header; its data follows at CPU_BUF_HDR. */
+#define CPU_BUF_HDR	   64
+#define CPU_BUF_HUGE	   (2u << 20) /* from here on: mmap, huge pages */
+#define CPU_BUF_MAGIC_HEAP 0x68656170u
+#define CPU_BUF_MAGIC_MMAP 0x6d6d6170u
+
+struct cpu_buf_hdr {
+	size_t total; /* bytes mapped or allocated, header included */
+	uint32_t magic;
+};
+
 static void *cpu_alloc(struct kern_backend *be, size_t bytes)
 {
 	(void)be;
-	size_t sz = (bytes + 63) / 64 * 64;
-	void *p = aligned_alloc(64, sz ? sz : 64);
-	if (p)
-		memset(p, 0, sz);
-	return p;
+	if (bytes > SIZE_MAX / 2)
+		return NULL;
+	size_t total = CPU_BUF_HDR + (bytes + 63) / 64 * 64;
+	struct cpu_buf_hdr *h;
+	if (total >= CPU_BUF_HUGE) {
+		void *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			       0);
+		if (p == MAP_FAILED)
+			return NULL;
+#ifdef MADV_HUGEPAGE
+		madvise(p, total, MADV_HUGEPAGE); /* a hint: fine if refused */
+#endif
+		h = p; /* fresh anonymous pages are zero */
+		h->magic = CPU_BUF_MAGIC_MMAP;
+	} else {
+		h = aligned_alloc(64, total);
+		if (!h)
+			return NULL;
+		memset(h, 0, total);
+		h->magic = CPU_BUF_MAGIC_HEAP;
+	}
+	h->total = total;
+	return (char *)h + CPU_BUF_HDR;
 }
 
 static void cpu_dealloc(struct kern_backend *be, void *p)
 {
 	(void)be;
-	free(p);
+	struct cpu_buf_hdr *h = (struct cpu_buf_hdr *)((char *)p - CPU_BUF_HDR);
+	CM_ASSERT(h->magic == CPU_BUF_MAGIC_HEAP || h->magic == CPU_BUF_MAGIC_MMAP);
+	if (h->magic == CPU_BUF_MAGIC_MMAP) {
+		munmap(h, h->total);
+	} else {
+		h->magic = 0;
+		free(h);
+	}
+}
+
+/* ---- weight conversion --------------------------------------------------- */
+
+struct cpu_convert_job {
+	const struct kern_mat *src;
+	const struct kern_mat *dst;
+};
+
+static void cpu_convert_range(void *arg, int32_t r0, int32_t r1)
+{
+	const struct cpu_convert_job *j = arg;
+	if (j->dst->dtype == KERN_Q8_0) {
+		kern__q8_quantize_rows(j->src, j->dst, r0, r1);
+		return;
+	}
+	size_t rb = kern_mat_row_bytes(j->src);
+	memcpy((char *)j->dst->data + (size_t)r0 * rb, (const char *)j->src->data + (size_t)r0 * rb,
+	       (size_t)(r1 - r0) * rb);
+}
+
+static int cpu_convert(struct kern_backend *be, const struct kern_mat *src, struct kern_mat *dst,
+		       struct cm_err *err)
+{
+	struct kern_cpu *c = cpu_of(be);
+	bool q8 = dst->dtype == KERN_Q8_0 && src->dtype != KERN_Q8_0;
+	if (!q8 && dst->dtype != src->dtype)
+		return cm_err_set(err, CM_EINVAL, "convert: dtype %d to %d is not supported",
+				  src->dtype, dst->dtype);
+	struct cpu_convert_job j = {.src = src, .dst = dst};
+	cpu_parallel(c, src->rows, 1, (int64_t)src->rows * src->cols, cpu_convert_range, &j);
+	return CM_OK;
+}
+
+/* ---- machine limits ------------------------------------------------------ */
+
+struct cpu_bench_job {
+	const struct kern_cpu *c;
+	const char *buf;
+	size_t bytes;
+	enum kern_peak which;
+	int64_t iters;
+	_Atomic uint64_t sink;
+};
+
+static void cpu_bench_read_job(void *arg, int ith, int nth)
+{
+	struct cpu_bench_job *j = arg;
+	size_t units = j->bytes / 256;
+	size_t u0 = units * (size_t)ith / (size_t)nth, u1 = units * (size_t)(ith + 1) / (size_t)nth;
+	uint64_t v = j->c->ops->bench_read(j->buf + u0 * 256, (u1 - u0) * 256);
+	atomic_fetch_xor_explicit(&j->sink, v, memory_order_relaxed);
+}
+
+static double cpu_bench_read(struct kern_backend *be, const void *buf, size_t bytes)
+{
+	struct kern_cpu *c = cpu_of(be);
+	struct cpu_bench_job j = {.c = c, .buf = buf, .bytes = bytes / 256 * 256};
+	int64_t t0 = cm_time_us();
+	cm_pool_run(c->pool, cpu_bench_read_job, &j);
+	int64_t us = cm_time_us() - t0;
+	return us > 0 ? (double)j.bytes / (double)us * 1e-3 : 0.0;
+}
+
+/* Multiply-adds done by one thread in iters rounds of the peak loop. */
+static double cpu_peak_loop(const struct kern_cpu *c, enum kern_peak which, int64_t iters)
+{
+	switch (which) {
+	case KERN_PEAK_F32:
+		return c->ops->bench_fma(iters);
+	case KERN_PEAK_BF16:
+#if KERN_HAVE_AVX512BF16
+		if (c->isa >= KERN_ISA_AVX512BF16)
+			return kern__avx512bf16_bench(iters);
+#endif
+		return 0.0;
+	case KERN_PEAK_INT8:
+#if KERN_HAVE_AVX512VNNI
+		if (c->q8.rows == kern__vnni_q8_rows)
+			return kern__vnni_bench(iters);
+#endif
+		return 0.0;
+	}
+	return 0.0;
+}
+
+static void cpu_bench_peak_job(void *arg, int ith, int nth)
+{
+	struct cpu_bench_job *j = arg;
+	(void)ith;
+	(void)nth;
+	cpu_peak_loop(j->c, j->which, j->iters);
+}
+
+static double cpu_bench_peak(struct kern_backend *be, enum kern_peak which, double seconds)
+{
+	struct kern_cpu *c = cpu_of(be);
+	const int64_t probe = 1 << 16;
+	int64_t t0 = cm_time_us();
+	double per_iter = cpu_peak_loop(c, which, probe) / (double)probe; /* calibration */
+	int64_t us = cm_time_us() - t0;
+	if (per_iter <= 0.0)
+		return 0.0;
+	int64_t iters = (int64_t)((double)probe * seconds * 1e6 / (double)CM_MAX(us, 1));
+	struct cpu_bench_job j = {.c = c, .which = which, .iters = CM_MAX(iters, probe)};
+	t0 = cm_time_us();
+	cm_pool_run(c->pool, cpu_bench_peak_job, &j);
+	us = cm_time_us() - t0;
+	double macs = per_iter * (double)j.iters * c->base.n_threads;
+	return 2.0 * macs / (double)CM_MAX(us, 1) * 1e-3;
 }
 
 static void cpu_free(struct kern_backend *be)
@@ -755,6 +931,9 @@ static const struct kern_backend_iface cpu_iface = {
 	.topk = cpu_topk,
 	.kv_store = cpu_kv_store,
 	.attention = cpu_attention,
+	.convert = cpu_convert,
+	.bench_read = cpu_bench_read,
+	.bench_peak = cpu_bench_peak,
 };
 
 struct kern_cpu_params kern_cpu_default_params(void)
@@ -785,6 +964,11 @@ struct kern_backend *kern_cpu_new(const struct kern_cpu_params *p, struct cm_err
 	c->ops = cpu_pick_ops(&isa);
 	c->isa = isa;
 	c->bf16_act = p->bf16_activations && isa >= KERN_ISA_AVX512BF16;
+	c->q8 = (struct cpu_q8_fns){.pack = kern__q8_pack, .rows = kern__q8_rows};
+#if KERN_HAVE_AVX512VNNI
+	if (isa >= KERN_ISA_AVX512 && kern_cpu_has_vnni())
+		c->q8 = (struct cpu_q8_fns){.pack = kern__vnni_q8_pack, .rows = kern__vnni_q8_rows};
+#endif
 	c->base.iface = &cpu_iface;
 	c->base.n_threads = p->n_threads ? p->n_threads : cm_cpu_count();
 	snprintf(c->base.name, sizeof(c->base.name), "cpu %s x%d%s", kern_isa_name(isa),

@@ -6,10 +6,24 @@
 
 #define KS_FN(name) avx2_##name
 #define KS_MM_T	    2
-#define KS_MM_R1    8
+#define KS_MM_R1    1
 #define KS_MM_R2    4
 #define KS_MM_RN    4
 #include "kernels/cpu/vec-impl.h"
+
+static uint64_t avx2_bench_read(const void *p, size_t bytes)
+{
+	const char *c = p;
+	__m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+	for (size_t i = 0; i < bytes; i += 128) {
+		s0 = _mm256_xor_si256(s0, _mm256_load_si256((const __m256i *)(c + i)));
+		s1 = _mm256_xor_si256(s1, _mm256_load_si256((const __m256i *)(c + i + 32)));
+		s2 = _mm256_xor_si256(s2, _mm256_load_si256((const __m256i *)(c + i + 64)));
+		s3 = _mm256_xor_si256(s3, _mm256_load_si256((const __m256i *)(c + i + 96)));
+	}
+	s0 = _mm256_xor_si256(_mm256_xor_si256(s0, s1), _mm256_xor_si256(s2, s3));
+	return (uint64_t)_mm256_extract_epi64(s0, 0) ^ (uint64_t)_mm256_extract_epi64(s0, 3);
+}
 
 const struct kern_cpu_ops kern__cpu_ops_avx2 = {
 	.isa = KERN_ISA_AVX2,
@@ -24,4 +38,6 @@ const struct kern_cpu_ops kern__cpu_ops_avx2 = {
 	.to_f16 = avx2_to_f16,
 	.argmax = avx2_argmax,
 	.attn_part = avx2_attn_part,
+	.bench_read = avx2_bench_read,
+	.bench_fma = avx2_bench_fma,
 };

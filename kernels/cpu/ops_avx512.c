@@ -7,10 +7,25 @@
 
 #define KS_FN(name) avx512_##name
 #define KS_MM_T	    4
-#define KS_MM_R1    8
+#define KS_MM_R1    1
 #define KS_MM_R2    8
 #define KS_MM_RN    4
+#define KS_BENCH_ACC 16
 #include "kernels/cpu/vec-impl.h"
+
+static uint64_t avx512_bench_read(const void *p, size_t bytes)
+{
+	const char *c = p;
+	__m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+	for (size_t i = 0; i < bytes; i += 256) {
+		s0 = _mm512_xor_si512(s0, _mm512_load_si512(c + i));
+		s1 = _mm512_xor_si512(s1, _mm512_load_si512(c + i + 64));
+		s2 = _mm512_xor_si512(s2, _mm512_load_si512(c + i + 128));
+		s3 = _mm512_xor_si512(s3, _mm512_load_si512(c + i + 192));
+	}
+	s0 = _mm512_xor_si512(_mm512_xor_si512(s0, s1), _mm512_xor_si512(s2, s3));
+	return (uint64_t)_mm512_reduce_add_epi64(s0);
+}
 
 #if KERN_HAVE_AVX512BF16
 static size_t avx512_mm_pack_stride_any(const struct kern_mm *m)
@@ -52,4 +67,6 @@ const struct kern_cpu_ops kern__cpu_ops_avx512 = {
 	.to_f16 = avx512_to_f16,
 	.argmax = avx512_argmax,
 	.attn_part = avx512_attn_part,
+	.bench_read = avx512_bench_read,
+	.bench_fma = avx512_bench_fma,
 };

@@ -43,8 +43,8 @@ void kern__avx512bf16_mm_pack(const struct kern_mm *m, int32_t t0, int32_t t1)
 	}
 }
 
-/* One k step; mk masks the weights of the last, partial step. Row-heavy tiles
- * (T <= 2, memory-bound) also prefetch the next tile's rows into L2. */
+/* One k step; mk masks the weights of the last, partial step. Several-row tiles of
+ * one or two tokens (memory-bound) also prefetch the next tile's rows into L2. */
 KS_INLINE void bf_step(__m512 (*acc)[BF_T], const char *w, size_t wstride, const uint16_t *x,
 		       size_t xs, int32_t k, __mmask32 mk, const int R, const int T)
 {
@@ -52,7 +52,7 @@ KS_INLINE void bf_step(__m512 (*acc)[BF_T], const char *w, size_t wstride, const
 	KS_UNROLL
 	for (int i = 0; i < R; i++) {
 		const uint16_t *p = (const uint16_t *)(w + i * wstride) + k;
-		if (T <= 2)
+		if (T <= 2 && R > 1)
 			_mm_prefetch((const char *)p + R * wstride, _MM_HINT_T2);
 		wv[i] = mk == (__mmask32)~0u ? _mm512_loadu_si512(p)
 					     : _mm512_maskz_loadu_epi16(mk, p);
@@ -107,8 +107,10 @@ KS_INLINE void bf_tile(const struct kern_mm *m, int32_t r, int32_t t, const int 
 		m->y[(size_t)(t + j) * (size_t)m->rows + (size_t)(r + i)] = out[i * T + j];
 }
 
-/* Rows per tile of T tokens: 8 for 1-2 tokens (GEMV), 4 beyond (GEMM). */
-#define BF_ROWS(T) ((T) <= 2 ? BF_RMAX : 4)
+/* Rows per tile of T tokens: one for one token (GEMV: each thread then streams its
+ * rows in address order, which the hardware prefetcher follows best; see
+ * docs/performance.md), 8 for two, 4 beyond (GEMM). */
+#define BF_ROWS(T) ((T) == 1 ? 1 : (T) == 2 ? BF_RMAX : 4)
 
 #define BF_TILE(T)                                                                                 \
 	static __attribute__((noinline)) void bf_m##T(const struct kern_mm *m, int32_t r,          \
@@ -150,4 +152,25 @@ void kern__avx512bf16_mm_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 				bf_tiles[0][tn - 1](m, r, t);
 		}
 	}
+}
+
+double kern__avx512bf16_bench(int64_t iters)
+{
+	__m512 acc[16];
+	__m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3f00);
+	KS_UNROLL
+	for (int k = 0; k < 16; k++)
+		acc[k] = _mm512_set1_ps((float)k); /* distinct chains: no common subexpression */
+	for (int64_t it = 0; it < iters; it++) {
+		KS_UNROLL
+		for (int k = 0; k < 16; k++)
+			acc[k] = _mm512_dpbf16_ps(acc[k], a, b);
+		__asm__ volatile("" : "+v"(a), "+v"(b));
+	}
+	__m512 s = acc[0];
+	for (int k = 1; k < 16; k++)
+		s = _mm512_add_ps(s, acc[k]);
+	volatile float sink = _mm512_reduce_add_ps(s);
+	(void)sink;
+	return (double)iters * 16 * 32;
 }

@@ -64,6 +64,8 @@ static void scalar_to_f32(enum kern_dtype dt, const void *src, int32_t d, float 
 		for (int32_t i = 0; i < d; i++)
 			dst[i] = kern__bf16_to_f32(h[i]);
 		break;
+	case KERN_Q8_0: /* never reaches here (kern_embed refuses it) */
+		break;
 	}
 }
 
@@ -218,6 +220,34 @@ static void scalar_attn_part(const struct kern_attn_params *p, const float *q, c
 	}
 }
 
+static uint64_t scalar_bench_read(const void *p, size_t bytes)
+{
+	const uint64_t *w = p;
+	uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+	for (size_t i = 0; i < bytes / 8; i += 4) {
+		s0 ^= w[i];
+		s1 ^= w[i + 1];
+		s2 ^= w[i + 2];
+		s3 ^= w[i + 3];
+	}
+	return s0 ^ s1 ^ s2 ^ s3;
+}
+
+/* Scalar multiply-adds without contraction (the project's -ffp-contract=off). */
+static double scalar_bench_fma(int64_t iters)
+{
+	float acc[8] = {0, 1, 2, 3, 4, 5, 6, 7}; /* distinct chains */
+	float a = 1.0f, b = 0.5f;
+	for (int64_t it = 0; it < iters; it++) {
+		for (int k = 0; k < 8; k++)
+			acc[k] += a * b;
+		__asm__ volatile("" : "+m"(a), "+m"(b));
+	}
+	volatile float sink = acc[0] + acc[7];
+	(void)sink;
+	return (double)iters * 8;
+}
+
 const struct kern_cpu_ops kern__cpu_ops_scalar = {
 	.isa = KERN_ISA_SCALAR,
 	.mm_pack_stride = scalar_mm_pack_stride,
@@ -231,4 +261,6 @@ const struct kern_cpu_ops kern__cpu_ops_scalar = {
 	.to_f16 = scalar_to_f16,
 	.argmax = scalar_argmax,
 	.attn_part = scalar_attn_part,
+	.bench_read = scalar_bench_read,
+	.bench_fma = scalar_bench_fma,
 };

@@ -12,8 +12,10 @@
  * keeps R rows x T tokens of VL-lane accumulators; every accumulator sees the
  * same sequence of FMAs (steps of 2 VL in k order, the last one partial) and the
  * same lane-wise reduction tree (vf_hsum_pairs), so an output does not depend on
- * the tile it was computed in: GEMV and GEMM agree bit for bit. Memory-bound tiles
- * (1-2 tokens) take more rows and prefetch the next tile's rows.
+ * the tile it was computed in: GEMV and GEMM agree bit for bit. A one-token tile
+ * takes one row (KS_MM_R1 = 1: each thread then reads its rows in address order,
+ * the stream the hardware prefetcher follows best; docs/performance.md); two-token
+ * tiles take several rows and prefetch the next tile's.
  *
  * Attention: one partition (cpu-impl.h) of a few queries and heads at a time,
  * online softmax over chunks of VL keys.
@@ -149,6 +151,8 @@ static void KS_FN(to_f32)(enum kern_dtype dt, const void *src, int32_t d, float 
 		if (i < d)
 			vf_store_part(dst + i, vf_load_bf16_part(h + i, d - i), d - i);
 		break;
+	case KERN_Q8_0: /* never reaches here (kern_embed refuses it) */
+		break;
 	}
 }
 
@@ -159,6 +163,32 @@ static void KS_FN(to_f16)(const float *src, int32_t d, uint16_t *dst)
 		vf_store_f16(dst + i, vf_load(src + i));
 	if (i < d)
 		vf_store_f16_part(dst + i, vf_load_part(src + i, d - i), d - i);
+}
+
+/* ---- machine limits (kern_bench_peak) ---------------------------------- */
+
+#ifndef KS_BENCH_ACC
+#define KS_BENCH_ACC 12 /* independent FMA chains: latency x throughput, within the registers */
+#endif
+
+static double KS_FN(bench_fma)(int64_t iters)
+{
+	vf acc[KS_BENCH_ACC], a = vf_set1(1.0f), b = vf_set1(0.5f);
+	KS_UNROLL
+	for (int k = 0; k < KS_BENCH_ACC; k++)
+		acc[k] = vf_set1((float)k); /* distinct chains: no common subexpression */
+	for (int64_t it = 0; it < iters; it++) {
+		KS_UNROLL
+		for (int k = 0; k < KS_BENCH_ACC; k++)
+			acc[k] = vf_fma(a, b, acc[k]);
+		__asm__ volatile("" : "+x"(a), "+x"(b));
+	}
+	vf s = acc[0];
+	for (int k = 1; k < KS_BENCH_ACC; k++)
+		s = vf_add(s, acc[k]);
+	volatile float sink = vf_hsum(s);
+	(void)sink;
+	return (double)iters * KS_BENCH_ACC * VL;
 }
 
 /* ---- attention ---------------------------------------------------------- */
@@ -453,7 +483,8 @@ KS_INLINE void mm_store(const struct kern_mm *m, int32_t r, int32_t t, const int
 /* One k step of a tile: n elements (MM_STEP but in the last step). Every
  * accumulator gets w0 * x0, then w1 * x1, whatever the loop order: weights in
  * registers for token-heavy tiles, activations in registers for row-heavy
- * (memory-bound) ones, which also prefetch the next tile's rows into L2. */
+ * (memory-bound) ones, which also prefetch the next tile's rows into L2 when they
+ * hold several rows. */
 KS_INLINE void mm_step(vf (*acc)[KS_MM_T], const char *w, size_t wstride, const float *x, size_t xs,
 		       int32_t k, int n, const int R, const int T, const enum kern_dtype DT)
 {
@@ -468,7 +499,7 @@ KS_INLINE void mm_step(vf (*acc)[KS_MM_T], const char *w, size_t wstride, const 
 		KS_UNROLL
 		for (int i = 0; i < R; i++) {
 			const char *row = w + i * wstride;
-			if (n == MM_STEP) {
+			if (R > 1 && n == MM_STEP) {
 				KS_UNROLL
 				for (size_t b = 0; b < MM_STEP * esz; b += 64)
 					_mm_prefetch(row + k * esz + b + R * wstride, _MM_HINT_T2);

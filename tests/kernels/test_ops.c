@@ -396,6 +396,229 @@ Test(matmul, long_rows_in_token_chunks)
 	kern_backend_free(ref);
 }
 
+/* ---- KERN_Q8_0 ---------------------------------------------------------- */
+
+/* cols: one block, part of a group, a group and a part, whole groups, many. */
+static const int32_t q8_shapes[][3] = {
+	/* rows, cols, n */
+	{1, 32, 1}, {5, 96, 3}, {17, 544, 7}, {9, 1024, 13}, {37, 1056, 5}, {64, 512, 1}, {3, 160, 9},
+};
+
+/* src quantised to KERN_Q8_0 in a backend buffer (freed with kern_free). */
+static struct kern_mat q8_of(struct kern_backend *be, const struct kern_mat *src)
+{
+	struct kern_mat q = {.dtype = KERN_Q8_0, .rows = src->rows, .cols = src->cols};
+	q.data = kern_alloc(be, kern_mat_bytes(&q));
+	cr_assert_not_null(q.data);
+	struct cm_err err = {0};
+	cr_assert_eq(kern_convert(be, src, &q, &err), CM_OK, "%s", err.msg);
+	return q;
+}
+
+/* The documented quantisation, written independently: weights q = round(w / d)
+ * with d = max|w| / 127 rounded to f16; activations q = round(x * (127 / max|x|))
+ * with d = max|x| / 127 in f32. y = sum over blocks of (sum qw qx) dw dx. */
+static void ref_q8_matmul(const struct wmat *w, const float *x, int32_t n, double *y)
+{
+	const int32_t rows = w->m.rows, cols = w->m.cols, nb = cols / 32;
+	int8_t *qw = malloc((size_t)rows * cols), *qx = malloc((size_t)n * cols);
+	double *dw = malloc(sizeof(double) * rows * nb), *dx = malloc(sizeof(double) * n * nb);
+	for (int32_t r = 0; r < rows; r++)
+		for (int32_t b = 0; b < nb; b++) {
+			const double *v = w->ref + (size_t)r * cols + b * 32;
+			double amax = 0;
+			for (int e = 0; e < 32; e++)
+				amax = fmax(amax, fabs(v[e]));
+			double d = ref_f16(ref_to_f16((float)(amax / 127.0)));
+			dw[(size_t)r * nb + b] = d;
+			for (int e = 0; e < 32; e++)
+				qw[(size_t)r * cols + b * 32 + e] =
+					(int8_t)(d > 0 ? fmax(-127, fmin(127, rint(v[e] / d))) : 0);
+		}
+	for (int32_t t = 0; t < n; t++)
+		for (int32_t b = 0; b < nb; b++) {
+			const float *v = x + (size_t)t * cols + b * 32;
+			float amax = 0;
+			for (int e = 0; e < 32; e++)
+				amax = fmaxf(amax, fabsf(v[e]));
+			float id = amax > 0 ? 127.0f / amax : 0.0f;
+			dx[(size_t)t * nb + b] = amax / 127.0f;
+			for (int e = 0; e < 32; e++)
+				qx[(size_t)t * cols + b * 32 + e] = (int8_t)rintf(v[e] * id);
+		}
+	for (int32_t t = 0; t < n; t++)
+		for (int32_t r = 0; r < rows; r++) {
+			double s = 0;
+			for (int32_t b = 0; b < nb; b++) {
+				int64_t dot = 0;
+				for (int e = 0; e < 32; e++)
+					dot += qw[(size_t)r * cols + b * 32 + e] *
+					       qx[(size_t)t * cols + b * 32 + e];
+				s += (double)dot * dw[(size_t)r * nb + b] * dx[(size_t)t * nb + b];
+			}
+			y[(size_t)t * rows + r] = s;
+		}
+	free(qw);
+	free(qx);
+	free(dw);
+	free(dx);
+}
+
+/* Every ISA (the VNNI kernel where the CPU has it, the scalar one elsewhere) against
+ * the reference on the same integers: only the order of f32 sums differs. And the
+ * quantisation error against the unquantised product stays near its expected size
+ * (uniform values: ~3e-5 in this measure). */
+Test(q8, every_isa_matches_reference_and_error_is_small)
+{
+	for (int isa = 0; isa <= top_isa(); isa++) {
+		struct kern_backend *be = mk(isa, 2, false);
+		for (size_t d = 0; d < CM_ARRAY_LEN(dtypes); d++)
+			for (size_t s = 0; s < CM_ARRAY_LEN(q8_shapes); s++) {
+				int32_t rows = q8_shapes[s][0], cols = q8_shapes[s][1];
+				int32_t n = q8_shapes[s][2];
+				struct wmat w;
+				wmat_init(&w, dtypes[d], rows, cols, 700 + s);
+				struct kern_mat q = q8_of(be, &w.m);
+				float *x = malloc(sizeof(float) * n * cols);
+				float *y = malloc(sizeof(float) * n * rows);
+				double *yq = malloc(sizeof(double) * n * rows);
+				double *yf = malloc(sizeof(double) * n * rows);
+				fill(x, (size_t)n * cols, 19 + s, 3.0f);
+				kern_matmul(be, &q, x, n, y);
+				ref_q8_matmul(&w, x, n, yq);
+				ref_matmul(&w, x, n, false, yf);
+				double eq = nerr_d(y, yq, (size_t)n * rows);
+				double ef = nerr_d(y, yf, (size_t)n * rows);
+				cr_assert(eq < 1e-10, "%s dtype %d shape %zu: err %g vs q8 reference",
+					  kern_backend_name(be), dtypes[d], s, eq);
+				cr_assert(ef < 2e-4, "%s dtype %d shape %zu: err %g vs f32",
+					  kern_backend_name(be), dtypes[d], s, ef);
+				free(x);
+				free(y);
+				free(yq);
+				free(yf);
+				kern_free(be, (void *)q.data);
+				wmat_fini(&w);
+			}
+		kern_backend_free(be);
+	}
+}
+
+/* A token's row alone or among others, on one thread or two: the same bits. */
+static void check_q8_invariance(int isa, int32_t rows, int32_t cols)
+{
+	struct kern_backend *b1 = mk(isa, 1, false), *b2 = mk(isa, 2, false);
+	struct wmat w;
+	wmat_init(&w, KERN_BF16, rows, cols, 800 + cols);
+	struct kern_mat q = q8_of(b2, &w.m);
+	float *x0 = malloc(sizeof(float) * cols), *y0 = malloc(sizeof(float) * rows);
+	float *xs = malloc(sizeof(float) * 64 * cols), *y = malloc(sizeof(float) * 64 * rows);
+	fill(x0, (size_t)cols, 23, 1.0f);
+	kern_matmul(b1, &q, x0, 1, y0);
+	const struct {
+		struct kern_backend *be;
+		int32_t n, at;
+	} runs[] = {{b2, 1, 0}, {b2, 2, 1}, {b2, 7, 3}, {b2, 64, 37}, {b1, 64, 37}, {b1, 5, 4}};
+	for (size_t r = 0; r < CM_ARRAY_LEN(runs); r++) {
+		fill(xs, (size_t)64 * cols, 60 + r, 1.0f);
+		memcpy(xs + (size_t)runs[r].at * cols, x0, sizeof(float) * cols);
+		kern_matmul(runs[r].be, &q, xs, runs[r].n, y);
+		cr_assert(memcmp(y + (size_t)runs[r].at * rows, y0, sizeof(float) * rows) == 0,
+			  "%s rows %d cols %d: run %zu differs", kern_backend_name(b1), rows, cols, r);
+	}
+	kern_free(b2, (void *)q.data);
+	free(x0);
+	free(y0);
+	free(xs);
+	free(y);
+	wmat_fini(&w);
+	kern_backend_free(b1);
+	kern_backend_free(b2);
+}
+
+Test(q8, batch_invariance)
+{
+	for (int isa = 0; isa <= top_isa(); isa++) {
+		check_q8_invariance(isa, 37, 1056);
+		check_q8_invariance(isa, 130, 64);
+	}
+}
+
+/* Bad shapes are errors; a block of weights that is not finite is zeroed (the rest
+ * of its row is kept); an activation that is not finite makes its outputs NaN;
+ * converting to the same type copies. */
+Test(q8, convert_errors_and_special_values)
+{
+	struct kern_backend *be = mk(-1, 2, false);
+	struct wmat w;
+	wmat_init(&w, KERN_F32, 4, 96, 900);
+	struct cm_err err = {0};
+	struct kern_mat bad = {.dtype = KERN_Q8_0, .rows = 4, .cols = 95, .data = w.buf};
+	struct kern_mat odd = w.m;
+	odd.cols = 95;
+	cr_assert_eq(kern_convert(be, &odd, &bad, &err), CM_EINVAL);
+	cr_assert(strstr(err.msg, "multiple of 32"), "%s", err.msg);
+	struct kern_mat to_f16 = {.dtype = KERN_F16, .rows = 4, .cols = 96, .data = w.buf};
+	cr_assert_eq(kern_convert(be, &w.m, &to_f16, &err), CM_EINVAL);
+
+	float *wf = (float *)w.buf;
+	wf[1 * 96 + 40] = NAN; /* row 1, block 1 */
+	wf[2 * 96 + 70] = INFINITY; /* row 2, block 2 */
+	struct kern_mat q = q8_of(be, &w.m);
+	float x[96], y[4], yclean[4];
+	fill(x, 96, 29, 1.0f);
+	memset(x + 32, 0, 64 * sizeof(float)); /* only block 0 of x counts */
+	kern_matmul(be, &q, x, 1, y);
+	wf[1 * 96 + 40] = 0.5f;
+	wf[2 * 96 + 70] = 0.5f;
+	struct kern_mat qc = q8_of(be, &w.m);
+	kern_matmul(be, &qc, x, 1, yclean);
+	for (int r = 0; r < 4; r++)
+		cr_assert(y[r] == yclean[r], "row %d: %g vs %g", r, y[r], yclean[r]);
+	x[5] = INFINITY;
+	kern_matmul(be, &qc, x, 1, y);
+	for (int r = 0; r < 4; r++)
+		cr_assert(isnan(y[r]), "row %d: %g", r, y[r]);
+
+	struct kern_mat copy = {.dtype = KERN_F32, .rows = 4, .cols = 96};
+	copy.data = kern_alloc(be, kern_mat_bytes(&copy));
+	cr_assert_eq(kern_convert(be, &w.m, &copy, &err), CM_OK, "%s", err.msg);
+	cr_assert(memcmp(copy.data, w.m.data, kern_mat_bytes(&copy)) == 0);
+	cr_assert_eq(kern_mat_row_bytes(&q), 128); /* 96 + 3 scales x 2, to 64 */
+	kern_free(be, (void *)copy.data);
+	kern_free(be, (void *)q.data);
+	kern_free(be, (void *)qc.data);
+	wmat_fini(&w);
+	kern_backend_free(be);
+}
+
+/* ---- machine limits ----------------------------------------------------- */
+
+/* The micro-benchmarks of tandem bench give positive figures, and 0 for what the
+ * backend's ISA lacks. Their speed is the benchmark's business, not this test's. */
+Test(bench, micro_benchmarks_report_what_the_isa_has)
+{
+	for (int isa = 0; isa <= top_isa(); isa++) {
+		struct kern_backend *be = mk(isa, 2, false);
+		size_t bytes = 4u << 20; /* >= 2 MiB: the huge-page path of kern_alloc */
+		unsigned char *buf = kern_alloc(be, bytes);
+		cr_assert_not_null(buf);
+		cr_assert_eq((uintptr_t)buf % 64, 0);
+		for (size_t i = 0; i < bytes; i += 4093)
+			cr_assert_eq(buf[i], 0);
+		memset(buf, 1, bytes);
+		cr_assert_gt(kern_bench_read(be, buf, bytes), 0.0);
+		kern_free(be, buf);
+		cr_assert_gt(kern_bench_peak(be, KERN_PEAK_F32, 0.01), 0.0);
+		double bf = kern_bench_peak(be, KERN_PEAK_BF16, 0.01);
+		double i8 = kern_bench_peak(be, KERN_PEAK_INT8, 0.01);
+		cr_assert(isa >= KERN_ISA_AVX512BF16 ? bf > 0 : bf == 0, "isa %d bf16 %g", isa, bf);
+		cr_assert(isa >= KERN_ISA_AVX512 && kern_cpu_has_vnni() ? i8 > 0 : i8 == 0,
+			  "isa %d int8 %g", isa, i8);
+		kern_backend_free(be);
+	}
+}
+
 /* ---- row ops ------------------------------------------------------------ */
 
 static const int32_t row_dims[] = {1, 7, 16, 33, 255, 1027};

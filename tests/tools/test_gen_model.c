@@ -2,6 +2,7 @@
  * of the fixtures, and the files `tandem gen-model` writes. */
 #include "model/md.h"
 #include "tools/gen_model.h"
+#include "tools/tools.h"
 
 #include <criterion/criterion.h>
 #include <jansson.h>
@@ -445,9 +446,48 @@ static json_t *load_json(const char *dir, const char *name)
 	return j;
 }
 
+/* tokenizer.json is the embedded Qwen3 file (sha256 TOKENIZER_JSON_SHA256) plus
+ * StreamingThinker's seven added tokens with ids 151669..151675: with them taken
+ * out of added_tokens it must equal the original. */
+static void check_tokenizer(const char *dir)
+{
+	static const char *const added[] = { "<SEP>", "<EOQ>", "<EOS>",   "<EOT>",
+					     "<EOR>", "<EOA>", "<ignore>" };
+	char hex[65];
+	size_t n = (size_t)(tandem_asset_tokenizer_json_end - tandem_asset_tokenizer_json);
+	sha256_hex(tandem_asset_tokenizer_json, n, hex);
+	cr_expect_str_eq(hex, TOKENIZER_JSON_SHA256, "embedded tokenizer.json");
+	json_t *tok = load_json(dir, "tokenizer.json");
+	json_t *orig = json_loadb(tandem_asset_tokenizer_json, n, 0, NULL);
+	cr_assert(orig);
+	json_t *list = json_object_get(tok, "added_tokens");
+	size_t k = json_array_size(list);
+	cr_assert_geq(k, 7u);
+	for (size_t i = 0; i < 7; i++) {
+		json_t *a = json_array_get(list, k - 7 + i);
+		cr_expect_eq(json_integer_value(json_object_get(a, "id")), 151669 + (int)i);
+		cr_expect_str_eq(json_string_value(json_object_get(a, "content")), added[i]);
+		cr_expect(json_is_true(json_object_get(a, "special")));
+		cr_expect(json_is_false(json_object_get(a, "normalized")));
+	}
+	for (size_t i = 0; i < 7; i++)
+		json_array_remove(list, k - 7);
+	cr_expect(json_equal(tok, orig), "tokenizer.json differs from the embedded file");
+	json_decref(orig);
+	json_decref(tok);
+	struct cm_err err = { 0 };
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+	struct md_tok *t = md_tok_load_file(path, &err);
+	cr_assert(t, "%s", err.msg);
+	for (size_t i = 0; i < 7; i++)
+		cr_expect_eq(md_tok_special_id(t, added[i]), 151669 + (int)i, "%s", added[i]);
+	md_tok_free(t);
+}
+
 static void check_side_files(const char *dir)
 {
-	check_file_sha(dir, "tokenizer.json", TOKENIZER_JSON_SHA256);
+	check_tokenizer(dir);
 	check_file_sha(dir, "tokenizer_config.json", TOKENIZER_CONFIG_SHA256);
 	json_t *gen = load_json(dir, "generation_config.json");
 	json_t *want = json_pack("{s:i, s:[i,i], s:i, s:b, s:f, s:f, s:i, s:s}", "bos_token_id",

@@ -21,16 +21,16 @@ struct md_seg {
 	const struct md_tok *tok;
 	struct md_seg_template t;
 	struct md_seg_ids ids;
-	int32_t *think_prefix, *connect_2, *connect_3;  /* storage behind ids */
-	int32_t *end_ids;        /* [n_end] end_instruct */
+	int32_t *think_prefix, *connect_2, *connect_3; /* storage behind ids */
+	int32_t *end_ids;			       /* [n_end] end_instruct */
 	int32_t n_end;
-	char *buf;               /* [cap] text not yet in a unit, valid UTF-8 */
+	char *buf; /* [cap] text not yet in a unit, valid UTF-8 */
 	size_t len, cap;
-	unsigned char part[4];   /* an incomplete UTF-8 character at the end of a push */
+	unsigned char part[4]; /* an incomplete UTF-8 character at the end of a push */
 	size_t n_part;
-	int32_t n_units;         /* units reported so far */
+	int32_t n_units; /* units reported so far */
 	bool closed;
-	int32_t *unit;           /* [unit_cap] scratch for one unit's ids */
+	int32_t *unit; /* [unit_cap] scratch for one unit's ids */
 	size_t unit_cap;
 };
 
@@ -53,11 +53,12 @@ struct md_seg_template md_seg_default_template(void)
 		.eoq = "<EOQ>",
 		.eos = "<EOS>",
 		.reasoning_start = "<|im_start|>assistant\n<think>\n",
-		.connect_2 = { "",
-			       "Now, the streaming reasoning is completed. Let's combine all "
-			       "information and begin deeper & global reasoning to infer the answer.",
-			       "Now, the streaming reasoning is completed. Let's combine all "
-			       "information and begin deeper & global reasoning to infer the answer." },
+		.connect_2 =
+			{"",
+			 "Now, the streaming reasoning is completed. Let's combine all "
+			 "information and begin deeper & global reasoning to infer the answer.",
+			 "Now, the streaming reasoning is completed. Let's combine all "
+			 "information and begin deeper & global reasoning to infer the answer."},
 		.connect_3 = "</think>\n\n",
 		.depth = 2,
 	};
@@ -80,17 +81,18 @@ static int tmpl_key(struct md_seg_template *t, const char *key, json_t *v, const
 		const char *name;
 		size_t off;
 	} keys[] = {
-		{ "instruct", offsetof(struct md_seg_template, instruct) },
-		{ "end_instruct", offsetof(struct md_seg_template, end_instruct) },
-		{ "sep", offsetof(struct md_seg_template, sep) },
-		{ "eoq", offsetof(struct md_seg_template, eoq) },
-		{ "eos", offsetof(struct md_seg_template, eos) },
-		{ "reasoning_start", offsetof(struct md_seg_template, reasoning_start) },
-		{ "connect_3", offsetof(struct md_seg_template, connect_3) },
+		{"instruct", offsetof(struct md_seg_template, instruct)},
+		{"end_instruct", offsetof(struct md_seg_template, end_instruct)},
+		{"sep", offsetof(struct md_seg_template, sep)},
+		{"eoq", offsetof(struct md_seg_template, eoq)},
+		{"eos", offsetof(struct md_seg_template, eos)},
+		{"reasoning_start", offsetof(struct md_seg_template, reasoning_start)},
+		{"connect_3", offsetof(struct md_seg_template, connect_3)},
 	};
 	for (size_t i = 0; i < CM_ARRAY_LEN(keys); i++)
 		if (!strcmp(key, keys[i].name))
-			return tmpl_str(v, key, path, (const char **)((char *)t + keys[i].off), err);
+			return tmpl_str(v, key, path, (const char **)((char *)t + keys[i].off),
+					err);
 	if (!strcmp(key, "connect_2")) {
 		if (!json_is_array(v) || json_array_size(v) != 3)
 			return cm_err_set(err, CM_EFORMAT,
@@ -126,7 +128,7 @@ int md_seg_template_load(const char *path, struct md_seg_template *out, struct c
 	struct md_seg_template t = md_seg_default_template();
 	const char *key;
 	json_t *v;
-	json_object_foreach(root, key, v) {
+	json_object_foreach (root, key, v) {
 		if (tmpl_key(&t, key, v, path, err) < 0) {
 			json_decref(root);
 			return err->code;
@@ -164,8 +166,7 @@ static int encode(const struct md_tok *tok, const char *text, int32_t extra, int
 }
 
 /* The id of one added token named by the template; CM_EUNSUPPORTED when absent. */
-static int added_id(const struct md_tok *tok, const char *content, int32_t *id,
-		    struct cm_err *err)
+static int added_id(const struct md_tok *tok, const char *content, int32_t *id, struct cm_err *err)
 {
 	*id = md_tok_special_id(tok, content);
 	if (*id < 0)
@@ -214,9 +215,9 @@ struct md_seg *md_seg_new(const struct md_tok *tok, const struct md_seg_template
 		cm_err_set(err, CM_EINVAL, "template depth %d: must be 1, 2 or 3", t->depth);
 		return NULL;
 	}
-	const char *strs[] = { t->instruct, t->end_instruct, t->sep,	   t->eoq,
-			       t->eos,	    t->reasoning_start, t->connect_3, t->connect_2[0],
-			       t->connect_2[1], t->connect_2[2] };
+	const char *strs[] = {t->instruct,     t->end_instruct,	   t->sep,	 t->eoq,
+			      t->eos,	       t->reasoning_start, t->connect_3, t->connect_2[0],
+			      t->connect_2[1], t->connect_2[2]};
 	for (size_t i = 0; i < CM_ARRAY_LEN(strs); i++)
 		if (!strs[i]) {
 			cm_err_set(err, CM_EINVAL, "template string %zu is NULL", i);
@@ -326,26 +327,47 @@ static bool ch_is(const char *p, size_t n, const char *const *set, size_t n_set)
 	return false;
 }
 
-static const char *const cjk_stops[] = { "\xe3\x80\x82", "\xef\xbc\x81", "\xef\xbc\x9f" };
-static const char *const other_stops[] = { ".", "!", "?", "\xe2\x80\xa6" /* … */ };
+static const char *const cjk_stops[] = {"\xe3\x80\x82", "\xef\xbc\x81", "\xef\xbc\x9f"};
+static const char *const other_stops[] = {".", "!", "?", "\xe2\x80\xa6" /* … */};
 static const char *const closers[] = {
-	"\"", "'", ")", "]", "}", "\xe2\x80\x9d" /* ” */, "\xe2\x80\x99" /* ’ */,
-	"\xe3\x80\x8d" /* 」 */, "\xe3\x80\x8f" /* 』 */, "\xef\xbc\x89" /* ） */,
+	"\"",
+	"'",
+	")",
+	"]",
+	"}",
+	"\xe2\x80\x9d" /* ” */,
+	"\xe2\x80\x99" /* ’ */,
+	"\xe3\x80\x8d" /* 」 */,
+	"\xe3\x80\x8f" /* 』 */,
+	"\xef\xbc\x89" /* ） */,
 };
-static const char *const questions[] = { "?", "\xef\xbc\x9f" };
+static const char *const questions[] = {"?", "\xef\xbc\x9f"};
 
-/* Words that end in '.' without ending a sentence (lower case, without the dot). */
+/* Words that end in '.' without ending a sentence (lower case, without the dot):
+ * titles, always followed by a name; and abbreviations that end the sentence
+ * only when the next word is capitalised ("at 5 p.m. Then" but "5 p.m. today"). */
+static const char *const titles[] = {
+	"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "lt", "sgt", "capt", "gen", "rev", "vs",
+};
 static const char *const abbrevs[] = {
-	"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "eg", "ie",
-	"inc", "ltd", "co", "corp", "no", "nos", "fig", "figs", "approx", "dept", "est", "vol",
-	"pp", "ca", "cf", "al", "gen", "col", "lt", "sgt", "capt", "rev", "mt", "ft", "jan", "feb",
-	"mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "a.m", "p.m", "u.s",
-	"u.k", "ph.d", "min", "max", "sec", "hr", "hrs",
+	"e.g", "i.e", "eg",  "ie",  "etc", "cf",   "al",   "approx", "fig",  "figs",
+	"no",  "nos", "vol", "pp",  "inc", "ltd",  "corp", "co",     "dept", "jan",
+	"feb", "mar", "apr", "jun", "jul", "aug",  "sep",  "sept",   "oct",  "nov",
+	"dec", "a.m", "p.m", "u.s", "u.k", "ph.d", "ca",   "min",    "max",
 };
 
-/* Is the '.' at text[dot] the end of an abbreviation, an initial or a list number
- * ("3." opening the sentence at text[start])? */
-static bool dot_is_not_end(const char *text, size_t start, size_t dot)
+static bool in_list(const char *w, const char *const *list, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(w, list[i]))
+			return true;
+	return false;
+}
+
+/* Is the '.' at text[dot] the end of a title, an abbreviation (next: the first
+ * byte of the next word), an initial or a list number ("3." opening the sentence
+ * at text[start])? */
+static bool dot_is_not_end(const char *text, size_t start, size_t dot, unsigned char next)
 {
 	size_t w = dot;
 	while (w > start && !is_space((unsigned char)text[w - 1]) && text[w - 1] != '(' &&
@@ -369,10 +391,9 @@ static bool dot_is_not_end(const char *text, size_t start, size_t dot)
 		low[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
 	}
 	low[n] = 0;
-	for (size_t i = 0; i < CM_ARRAY_LEN(abbrevs); i++)
-		if (!strcmp(low, abbrevs[i]))
-			return true;
-	return false;
+	if (in_list(low, titles, CM_ARRAY_LEN(titles)))
+		return true;
+	return in_list(low, abbrevs, CM_ARRAY_LEN(abbrevs)) && !(next >= 'A' && next <= 'Z');
 }
 
 /* Scans text[start..len) for the first sentence end. Returns true with *end (one
@@ -408,17 +429,18 @@ static bool find_end(const char *text, size_t start, size_t len, size_t *end, si
 		if (j == len)
 			return false; /* the cluster may go on */
 		bool ends = nl || cjk || is_space((unsigned char)text[j]);
-		if (ends && text[i] == '.' && j == i + 1 && dot_is_not_end(text, start, i))
+		size_t k = j;
+		while (ends && k < len && is_space((unsigned char)text[k]))
+			k++;
+		if (ends && k == len)
+			return false; /* the next sentence has not started */
+		if (ends && text[i] == '.' && j == i + 1 &&
+		    dot_is_not_end(text, start, i, (unsigned char)text[k]))
 			ends = false;
 		if (!ends) {
 			i = j;
 			continue;
 		}
-		size_t k = j;
-		while (k < len && is_space((unsigned char)text[k]))
-			k++;
-		if (k == len)
-			return false; /* the next sentence has not started */
 		*end = j;
 		*next = k;
 		*question = q;
@@ -490,9 +512,8 @@ static int drain(struct md_seg *s, md_seg_unit_fn fn, void *ud, struct cm_err *e
 			break;
 		}
 		trim(s->buf, &a, &b);
-		if (a < b &&
-		    (rc = emit(s, s->buf + a, b - a, q ? s->ids.eoq : s->ids.eos, false, fn, ud,
-			       err)) < 0)
+		if (a < b && (rc = emit(s, s->buf + a, b - a, q ? s->ids.eoq : s->ids.eos, false,
+					fn, ud, err)) < 0)
 			break;
 	}
 	memmove(s->buf, s->buf + pos, s->len - pos);

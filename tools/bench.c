@@ -65,13 +65,22 @@ int tool_bench(const struct tandem_opts *o, int argc, char **argv)
 	return 1;
 }
 
+int tool_model_weights(const struct tandem_opts *o, struct wk_model *m, struct cm_err *err)
+{
+	enum wk_weights how = !strcmp(o->quantize, "q8") ? WK_WEIGHTS_Q8
+			      : o->mmap_weights		  ? WK_WEIGHTS_MAPPED
+							  : WK_WEIGHTS_COPY;
+	return wk_model_convert(m, how, err);
+}
+
 /* ---- engine mode --------------------------------------------------------- */
 
-/* One measurement: the median speed of its runs and the median read bandwidth
- * of the passes taken right before and after each run. */
+/* One measurement: the median speed of its runs, and the median of the limit
+ * that bounds it (read GB/s for decode, peak GFLOP/s for prefill) measured right
+ * before and after each run. */
 struct bench_meas {
 	double tok_s;
-	double read_gbps;
+	double limit;
 };
 
 struct bench {
@@ -88,6 +97,7 @@ struct bench {
 	double bytes_tok;             /* weight bytes read per decoded token */
 	double flops_tok;             /* prefill FLOPs per prompt token */
 	struct bench_meas prefill, prefill_alt, decode, batch_decode;
+	bool bf16;                    /* b->be has bf16 activations */
 };
 
 static int cmp_double(const void *a, const void *b)
@@ -111,14 +121,19 @@ static uint64_t bench_rand(struct bench *b)
 	return b->rng = x;
 }
 
-/* BENCH_READ_PASSES read passes into reads (advancing *n). */
-static void bench_read_point(struct bench *b, double *reads, int *n)
+/* The limit of a measurement, measured now into lim (advancing *n):
+ * BENCH_READ_PASSES read passes (peak < 0), or one short run of a peak loop. */
+static void bench_limit_point(struct bench *b, int peak, double *lim, int *n)
 {
+	if (peak >= 0) {
+		lim[(*n)++] = kern_bench_peak(b->be, (enum kern_peak)peak, BENCH_PEAK_SECONDS / 2);
+		return;
+	}
 	for (int i = 0; i < BENCH_READ_PASSES; i++) {
 		double g = kern_bench_read(b->be, b->rbuf, BENCH_READ_BYTES);
 		b->read_min = b->read_min > 0 ? CM_MIN(b->read_min, g) : g;
 		b->read_max = CM_MAX(b->read_max, g);
-		reads[(*n)++] = g;
+		lim[(*n)++] = g;
 	}
 }
 
@@ -185,13 +200,14 @@ static int bench_requests(struct bench *b, struct wk_engine *e, int32_t n, int32
 }
 
 /* One measurement: prefill (one request of the prompt length, timed whole, prompt
- * tokens counted) or decode (n requests of one token each; the steps after the
- * first timed, sampled tokens counted). One warm-up, then the timed runs. */
+ * tokens counted; bounded by peak) or decode (n requests of one token each; the
+ * steps after the first timed, sampled tokens counted; bounded by reading). One
+ * warm-up, then the timed runs. */
 static int bench_measure(struct bench *b, struct wk_model *m, bool prefill, int32_t n,
-			 struct bench_meas *out, struct cm_err *err)
+			 enum kern_peak peak, struct bench_meas *out, struct cm_err *err)
 {
 	const int32_t P = (int32_t)b->o->prompt_tokens, G = (int32_t)b->o->gen_tokens;
-	const int runs = (int)b->o->runs;
+	const int runs = (int)b->o->runs, kind = prefill ? (int)peak : -1;
 	int rc = CM_OK, n_reads = 0;
 	double *v = calloc((size_t)runs, sizeof(double));
 	double *reads = calloc((size_t)runs * 2 * BENCH_READ_PASSES, sizeof(double));
@@ -206,7 +222,7 @@ static int bench_measure(struct bench *b, struct wk_model *m, bool prefill, int3
 		for (int32_t i = 0; i < n_ids; i++)
 			b->ids[i] = (int32_t)(bench_rand(b) % (uint64_t)CM_MIN(m->cfg.vocab, 151643));
 		if (r >= 0)
-			bench_read_point(b, reads, &n_reads);
+			bench_limit_point(b, kind, reads, &n_reads);
 		double secs;
 		int64_t toks;
 		rc = bench_requests(b, e, prefill ? 1 : n, prefill ? P : 1, prefill ? 1 : G + 1,
@@ -215,11 +231,11 @@ static int bench_measure(struct bench *b, struct wk_model *m, bool prefill, int3
 			goto out;
 		if (r < 0)
 			continue;
-		bench_read_point(b, reads, &n_reads);
+		bench_limit_point(b, kind, reads, &n_reads);
 		v[r] = (prefill ? (double)P : (double)toks) / CM_MAX(secs, 1e-9);
 	}
 	out->tok_s = median(v, runs);
-	out->read_gbps = median(reads, n_reads);
+	out->limit = median(reads, n_reads);
 out:
 	wk_engine_free(e);
 	free(reads);
@@ -256,6 +272,30 @@ static double prefill_flops(const struct md_config *c, int32_t P)
 	return total / P;
 }
 
+/* The peak loop that bounds a prefill with these activations on these weights. */
+static enum kern_peak prefill_peak_kind(const struct bench *b, bool bf16_act)
+{
+	if (b->m->lm_head.dtype == KERN_Q8_0)
+		return KERN_PEAK_INT8;
+	return bf16_act ? KERN_PEAK_BF16 : KERN_PEAK_F32;
+}
+
+/* Replaces the up-front figure of that peak by the one measured around the runs. */
+static void bench_set_peak(struct bench *b, bool bf16_act, double v)
+{
+	switch (prefill_peak_kind(b, bf16_act)) {
+	case KERN_PEAK_INT8:
+		b->int8_gops = v;
+		break;
+	case KERN_PEAK_BF16:
+		b->bf16_gflops = v;
+		break;
+	case KERN_PEAK_F32:
+		b->f32_gflops = v;
+		break;
+	}
+}
+
 static int bench_run(struct bench *b, struct cm_err *err)
 {
 	const struct tandem_opts *o = b->o;
@@ -270,16 +310,21 @@ static int bench_run(struct bench *b, struct cm_err *err)
 	b->bytes_tok = model_bytes(b->m);
 	b->flops_tok = prefill_flops(&b->m->cfg, (int32_t)o->prompt_tokens);
 
-	if ((rc = bench_measure(b, b->m, true, 1, &b->prefill, err)) < 0)
+	if ((rc = bench_measure(b, b->m, true, 1, prefill_peak_kind(b, b->bf16), &b->prefill,
+				err)) < 0)
 		return rc;
+	bench_set_peak(b, b->bf16, b->prefill.limit);
 	if (b->be_alt) {
 		struct wk_model alt = *b->m; /* the same weights, driven by the other backend */
 		alt.be = b->be_alt;
-		if ((rc = bench_measure(b, &alt, true, 1, &b->prefill_alt, err)) < 0)
+		rc = bench_measure(b, &alt, true, 1, prefill_peak_kind(b, !b->bf16), &b->prefill_alt,
+				   err);
+		if (rc < 0)
 			return rc;
+		bench_set_peak(b, !b->bf16, b->prefill_alt.limit);
 	}
-	if ((rc = bench_measure(b, b->m, false, 1, &b->decode, err)) < 0 ||
-	    (rc = bench_measure(b, b->m, false, (int32_t)o->batch, &b->batch_decode, err)) < 0)
+	if ((rc = bench_measure(b, b->m, false, 1, 0, &b->decode, err)) < 0 ||
+	    (rc = bench_measure(b, b->m, false, (int32_t)o->batch, 0, &b->batch_decode, err)) < 0)
 		return rc;
 	return CM_OK;
 }
@@ -315,7 +360,7 @@ static struct bench_view bench_view_of(const struct bench *b, bool bf16)
 	w.pre_roof_q = qa * 1e9 / b->flops_tok;
 	w.alt_roof = pb * 1e9 / b->flops_tok;
 	w.alt_roof_q = qb * 1e9 / b->flops_tok;
-	w.dec_roof = b->decode.read_gbps * 1e9 / b->bytes_tok;
+	w.dec_roof = b->decode.limit * 1e9 / b->bytes_tok;
 	w.dec_roof_q = QUOTED_READ_GBPS * 1e9 / b->bytes_tok;
 	return w;
 }
@@ -329,7 +374,7 @@ static void bench_print(const struct bench *b, const char *weights, bool bf16)
 	       kern_backend_name(b->be), weights, b->bytes_tok * 1e-9);
 	printf("machine: read %.1f GB/s (median around the decode runs; all passes %.1f..%.1f), "
 	       "bf16 %.0f GFLOP/s, f32 %.0f GFLOP/s, int8 %.0f GOP/s\n",
-	       b->decode.read_gbps, b->read_min, b->read_max, b->bf16_gflops, b->f32_gflops,
+	       b->decode.limit, b->read_min, b->read_max, b->bf16_gflops, b->f32_gflops,
 	       b->int8_gops);
 	printf("%-32s %9s %10s %7s %14s\n", "", "tok/s", "roofline", "frac", "frac(quoted)");
 	printf("prefill %-5lld (%-4s activations)  %9.1f %10.1f %7.3f %14.3f\n",
@@ -367,7 +412,7 @@ static json_t *bench_json(const struct bench *b, const char *weights, bool bf16)
 	json_object_set_new(j, "gen_tokens", json_integer(o->gen_tokens));
 	json_object_set_new(j, "batch", json_integer(o->batch));
 	json_object_set_new(j, "runs", json_integer(o->runs));
-	set_real(j, "read_gbps", b->decode.read_gbps);
+	set_real(j, "read_gbps", b->decode.limit);
 	set_real(j, "read_gbps_min", b->read_min);
 	set_real(j, "read_gbps_max", b->read_max);
 	set_real(j, "bf16_gflops", b->bf16_gflops);
@@ -427,12 +472,11 @@ static int bench_engine(const struct tandem_opts *o, int argc, char **argv)
 	bool q8 = !strcmp(o->quantize, "q8"), bf16 = !strcmp(o->activations, "bf16");
 	if (!strcmp(o->activations, "auto"))
 		bf16 = has_bf16;
+	b.bf16 = bf16;
 	if (bf16 && !has_bf16) {
 		fprintf(stderr, "tandem bench: --activations bf16 needs AVX512_BF16\n");
 		return 1;
 	}
-	enum wk_weights how = q8 ? WK_WEIGHTS_Q8 : o->mmap_weights ? WK_WEIGHTS_MAPPED
-								    : WK_WEIGHTS_COPY;
 	const char *weights = q8 ? "q8_0" : o->mmap_weights ? "mapped" : "copied";
 	b.be = bench_backend(o, bf16, &err);
 	if (b.be && has_bf16 && !q8)
@@ -442,7 +486,7 @@ static int bench_engine(const struct tandem_opts *o, int argc, char **argv)
 		goto out;
 	}
 	b.m = wk_model_load(o->model, b.be, &err);
-	if (!b.m || (rc = wk_model_convert(b.m, how, &err)) < 0) {
+	if (!b.m || (rc = tool_model_weights(o, b.m, &err)) < 0) {
 		rc = err.code;
 		goto out;
 	}

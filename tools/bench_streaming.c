@@ -30,19 +30,19 @@
 #include <string.h>
 #include <time.h>
 
-#define BS_UNIT_BUDGET  16  /* defaults of this bench (the flags' 0) */
+#define BS_UNIT_BUDGET	16 /* defaults of this bench (the flags' 0) */
 #define BS_FINAL_BUDGET 64
-#define BS_MAX_UNITS    4096
+#define BS_MAX_UNITS	4096
 
 struct bs_result {
-	int64_t waited;          /* input tokens arrived at the first reasoning token */
-	double first_answer_s;   /* from the end of input */
+	int64_t waited;	       /* input tokens arrived at the first reasoning token */
+	double first_answer_s; /* from the end of input */
 	double last_answer_s;
-	double total_s;          /* from the first arrival (streaming) / end of input (batch) */
+	double total_s; /* from the first arrival (streaming) / end of input (batch) */
 	int64_t tokens, thought, answer;
 	int64_t sampled_boundaries; /* boundary tokens the model chose itself */
 	bool sampled_think_end;
-	int32_t backlog_units;   /* units not yet reasoned on when the input ended */
+	int32_t backlog_units; /* units not yet reasoned on when the input ended */
 	double flops;
 	int64_t prefilled, decoded, steps;
 	const char *finish;
@@ -51,11 +51,11 @@ struct bs_result {
 struct bs_work {
 	const char *name;
 	char *text;
-	int32_t *toks;           /* [n_toks] the input tokenized at once */
+	int32_t *toks; /* [n_toks] the input tokenized at once */
 	size_t n_toks;
-	size_t *cut;             /* [n_toks + 1] byte offset where token i starts */
-	int32_t n_units;         /* units the segmenter made (instruction included) */
-	int32_t src_tokens;      /* source tokens they hold */
+	size_t *cut;	    /* [n_toks + 1] byte offset where token i starts */
+	int32_t n_units;    /* units the segmenter made (instruction included) */
+	int32_t src_tokens; /* source tokens they hold */
 };
 
 struct bs_ctx {
@@ -73,12 +73,12 @@ struct bs_run {
 	struct bs_ctx *c;
 	struct wk_engine *e;
 	struct md_seg *seg;
-	int64_t t0;              /* µs, first arrival clock origin */
-	double t_end;            /* s after t0: the last input token's arrival */
-	size_t arrived;          /* tokens whose text has been pushed */
-	int32_t units_in;        /* units given to the engine */
-	int32_t reasoned_unit;   /* highest unit a reasoning token was on */
-	int32_t unit_tokens;     /* tokens on it so far */
+	int64_t t0;	       /* µs, first arrival clock origin */
+	double t_end;	       /* s after t0: the last input token's arrival */
+	size_t arrived;	       /* tokens whose text has been pushed */
+	int32_t units_in;      /* units given to the engine */
+	int32_t reasoned_unit; /* highest unit a reasoning token was on */
+	int32_t unit_tokens;   /* tokens on it so far */
 	struct bs_result r;
 	int rc;
 	struct cm_err *err;
@@ -151,8 +151,8 @@ static int bs_arrive(struct bs_run *x, const struct bs_work *w, size_t upto)
 {
 	if (upto <= x->arrived)
 		return CM_OK;
-	int rc = md_seg_push(x->seg, w->text + w->cut[x->arrived], w->cut[upto] - w->cut[x->arrived],
-			     on_unit, x, x->err);
+	int rc = md_seg_push(x->seg, w->text + w->cut[x->arrived],
+			     w->cut[upto] - w->cut[x->arrived], on_unit, x, x->err);
 	x->arrived = upto;
 	return rc < 0 ? rc : x->rc;
 }
@@ -162,7 +162,7 @@ static void sleep_until(const struct bs_run *x, double t)
 	double d = t - now_s(x);
 	if (d <= 0)
 		return;
-	struct timespec ts = { (time_t)d, (long)((d - floor(d)) * 1e9) };
+	struct timespec ts = {(time_t)d, (long)((d - floor(d)) * 1e9)};
 	nanosleep(&ts, NULL);
 }
 
@@ -170,7 +170,7 @@ static void sleep_until(const struct bs_run *x, double t)
 static int bs_run_mode(struct bs_ctx *c, const struct bs_work *w, enum wk_mode mode,
 		       struct bs_result *out, struct cm_err *err)
 {
-	struct bs_run x = { .c = c, .err = err, .rc = CM_OK };
+	struct bs_run x = {.c = c, .err = err, .rc = CM_OK};
 	struct wk_engine_params ep = wk_engine_default_params();
 	ep.max_seqs = 1;
 	ep.max_batch_tokens = 256;
@@ -207,7 +207,8 @@ static int bs_run_mode(struct bs_ctx *c, const struct bs_work *w, enum wk_mode m
 	bool closed = false;
 	while (rc == CM_OK && (wk_engine_busy(x.e) || !closed)) {
 		double t = now_s(&x);
-		size_t due = stream ? (size_t)CM_MIN(floor(t * rate), (double)w->n_toks) : w->n_toks;
+		size_t due =
+			stream ? (size_t)CM_MIN(floor(t * rate), (double)w->n_toks) : w->n_toks;
 		if ((rc = bs_arrive(&x, w, due)) < 0)
 			break;
 		if (!closed && x.arrived == w->n_toks) {
@@ -332,7 +333,8 @@ static int work_list(char ***paths, int *n, struct cm_err *err)
 	*paths = NULL;
 	*n = 0;
 	if (!d)
-		return cm_err_set(err, CM_ENOENT, "%s: no bundled workloads (give --input FILE)", dir);
+		return cm_err_set(err, CM_ENOENT, "%s: no bundled workloads (give --input FILE)",
+				  dir);
 	struct dirent *de;
 	int cap = 0;
 	while ((de = readdir(d))) {
@@ -378,17 +380,18 @@ static json_t *result_json(const struct bs_result *r)
 			 r->finish ? r->finish : "none");
 }
 
-static json_t *work_json(const struct bs_ctx *c, const struct bs_work *w,
-			 const struct bs_result *s, const struct bs_result *b)
+static json_t *work_json(const struct bs_ctx *c, const struct bs_work *w, const struct bs_result *s,
+			 const struct bs_result *b)
 {
 	/* the decode rate the reading rate asks of the engine */
-	double demand = c->o->read_rate * (double)(w->n_units - 1) * c->unit_budget /
-			(double)w->n_toks;
-	json_t *red = json_pack("{s:f, s:f, s:f, s:f}", "tokens_waited",
-				reduction((double)s->waited, (double)b->waited), "first_answer_time",
-				reduction(s->first_answer_s, b->first_answer_s), "final_answer_time",
-				reduction(s->last_answer_s, b->last_answer_s), "flops",
-				reduction(s->flops, b->flops));
+	double demand =
+		c->o->read_rate * (double)(w->n_units - 1) * c->unit_budget / (double)w->n_toks;
+	json_t *red =
+		json_pack("{s:f, s:f, s:f, s:f}", "tokens_waited",
+			  reduction((double)s->waited, (double)b->waited), "first_answer_time",
+			  reduction(s->first_answer_s, b->first_answer_s), "final_answer_time",
+			  reduction(s->last_answer_s, b->last_answer_s), "flops",
+			  reduction(s->flops, b->flops));
 	double batch_decode = b->total_s > 0 ? (double)b->decoded / b->total_s : 0;
 	return json_pack("{s:s, s:I, s:i, s:i, s:f, s:f, s:o, s:o, s:o}", "workload", w->name,
 			 "input_tokens", (json_int_t)w->n_toks, "units", w->n_units - 1,
@@ -417,11 +420,11 @@ static void print_work(const struct bs_ctx *c, const struct bs_work *w, json_t *
 /* Sums over the workloads: tokens waited and answer times, per mode. */
 static json_t *totals_json(json_t *list)
 {
-	const char *keys[] = { "tokens_waited", "first_answer_s", "final_answer_s", "flops" };
-	double sum[2][4] = { { 0 } };
+	const char *keys[] = {"tokens_waited", "first_answer_s", "final_answer_s", "flops"};
+	double sum[2][4] = {{0}};
 	size_t i;
 	json_t *w;
-	json_array_foreach(list, i, w) {
+	json_array_foreach (list, i, w) {
 		for (int m = 0; m < 2; m++)
 			for (int k = 0; k < 4; k++)
 				sum[m][k] += json_number_value(json_object_get(
@@ -434,8 +437,7 @@ static json_t *totals_json(json_t *list)
 
 /* ---- the subcommand ----------------------------------------------------------- */
 
-static struct kern_backend *bs_backend(const struct tandem_opts *o, struct cm_err *err,
-				       bool *bf16)
+static struct kern_backend *bs_backend(const struct tandem_opts *o, struct cm_err *err, bool *bf16)
 {
 	bool has_bf16 = kern_cpu_detect_isa() >= KERN_ISA_AVX512BF16;
 	*bf16 = !strcmp(o->activations, "bf16") || (!strcmp(o->activations, "auto") && has_bf16);
@@ -466,8 +468,9 @@ static int bs_ctx_init(struct bs_ctx *c, const struct tandem_opts *o, struct ker
 	if (!(c->m = wk_model_load(o->model, be, err)))
 		return err->code;
 	bool q8 = !strcmp(o->quantize, "q8");
-	enum wk_weights how = q8 ? WK_WEIGHTS_Q8 : o->mmap_weights ? WK_WEIGHTS_MAPPED
-								    : WK_WEIGHTS_COPY;
+	enum wk_weights how = q8		? WK_WEIGHTS_Q8
+			      : o->mmap_weights ? WK_WEIGHTS_MAPPED
+						: WK_WEIGHTS_COPY;
 	if ((rc = wk_model_convert(c->m, how, err)) < 0)
 		return rc;
 	return md_stop_ids_load(o->model, &c->m->cfg, &c->stops, err);
@@ -487,8 +490,9 @@ static int bs_workload(struct bs_ctx *c, const char *path, json_t *list, struct 
 	struct bs_result s, b;
 	int rc = work_load(c, path, &w, err);
 	if (rc == CM_OK && !c->o->json)
-		fprintf(stderr, "tandem bench streaming: %s: streaming at %.3g tok/s (%.0f s of "
-				"input), then batch...\n",
+		fprintf(stderr,
+			"tandem bench streaming: %s: streaming at %.3g tok/s (%.0f s of "
+			"input), then batch...\n",
 			w.name, c->o->read_rate, (double)w.n_toks / c->o->read_rate);
 	if (rc == CM_OK)
 		rc = bs_run_mode(c, &w, WK_MODE_STREAMING, &s, err);
@@ -517,7 +521,7 @@ static int bs_workload(struct bs_ctx *c, const char *path, json_t *list, struct 
 int tool_bench_streaming(const struct tandem_opts *o, int argc, char **argv)
 {
 	(void)argv;
-	struct cm_err err = { 0 };
+	struct cm_err err = {0};
 	if (argc || !o->model) {
 		fprintf(stderr, "tandem bench streaming: give --model DIR (and no other "
 				"arguments)\n");
@@ -525,7 +529,7 @@ int tool_bench_streaming(const struct tandem_opts *o, int argc, char **argv)
 	}
 	bool bf16;
 	struct kern_backend *be = bs_backend(o, &err, &bf16);
-	struct bs_ctx c = { 0 };
+	struct bs_ctx c = {0};
 	char **paths = NULL;
 	int n_paths = 0, rc = be ? CM_OK : err.code;
 	json_t *list = json_array();
@@ -545,7 +549,7 @@ int tool_bench_streaming(const struct tandem_opts *o, int argc, char **argv)
 		bool think_end = false;
 		size_t i;
 		json_t *w;
-		json_array_foreach(list, i, w) {
+		json_array_foreach (list, i, w) {
 			for (int k = 0; k < 2; k++) {
 				json_t *r = json_object_get(w, k ? "batch" : "streaming");
 				boundaries += json_integer_value(
@@ -562,8 +566,8 @@ int tool_bench_streaming(const struct tandem_opts *o, int argc, char **argv)
 		json_t *tot = totals_json(list);
 		if (o->json) {
 			json_t *j = json_pack(
-				"{s:s, s:s, s:i, s:s, s:f, s:i, s:i, s:i, s:i, s:s, s:o, s:o}", "model",
-				o->model, "model_type", c.m->cfg.model_type, "threads",
+				"{s:s, s:s, s:i, s:s, s:f, s:i, s:i, s:i, s:i, s:s, s:o, s:o}",
+				"model", o->model, "model_type", c.m->cfg.model_type, "threads",
 				kern_backend_threads(be), "activations", bf16 ? "bf16" : "f32",
 				"read_rate_tok_s", o->read_rate, "unit_budget", c.unit_budget,
 				"final_budget", c.final_budget, "answer_budget", c.answer_budget,
@@ -575,11 +579,13 @@ int tool_bench_streaming(const struct tandem_opts *o, int argc, char **argv)
 			free(s);
 			json_decref(j);
 		} else {
-			printf("all workloads (sums): tokens waited %.1f%% fewer, first answer token "
+			printf("all workloads (sums): tokens waited %.1f%% fewer, first answer "
+			       "token "
 			       "%.1f%% sooner, final answer %.1f%% sooner\nnote: %s\n",
 			       100 * json_real_value(json_object_get(tot, "tokens_waited")),
 			       100 * json_real_value(json_object_get(tot, "first_answer_time")),
-			       100 * json_real_value(json_object_get(tot, "final_answer_time")), note);
+			       100 * json_real_value(json_object_get(tot, "final_answer_time")),
+			       note);
 			json_decref(tot);
 		}
 	}

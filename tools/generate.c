@@ -58,7 +58,7 @@ static int run(const struct tandem_opts *o, struct md_tok *tok, struct kern_back
 	if ((rc = prompt_ids(o, tok, &ids, &n_ids, err)) < 0)
 		goto out;
 	m = wk_model_load(o->model, be, err);
-	if (!m) {
+	if (!m || (rc = tool_model_weights(o, m, err)) < 0) {
 		rc = err->code;
 		goto out;
 	}
@@ -404,8 +404,8 @@ static int think(const struct tandem_opts *o, struct md_tok *tok, struct kern_ba
 	struct wk_model *m = wk_model_load(o->model, be, err);
 	if (!m)
 		return err->code;
-	int rc = CM_OK;
-	if (o->dump_logits && !(d.f = fopen(o->dump_logits, "wb")))
+	int rc = tool_model_weights(o, m, err);
+	if (rc == CM_OK && o->dump_logits && !(d.f = fopen(o->dump_logits, "wb")))
 		rc = cm_err_set(err, CM_EIO, "%s: cannot open for writing", o->dump_logits);
 	if (rc == CM_OK)
 		rc = o->source_units ? think_forced(o, tok, m, &d, err) : think_prompt(o, tok, m, err);
@@ -441,6 +441,7 @@ int tool_generate(const struct tandem_opts *o, int argc, char **argv)
 	}
 	struct kern_cpu_params kp = kern_cpu_default_params();
 	kp.n_threads = (int)o->threads;
+	kp.bf16_activations = !strcmp(o->activations, "bf16"); /* auto: f32 here */
 	struct kern_backend *be = kern_cpu_new(&kp, &err);
 	int rc = !be			? err.code
 		 : forced || o->think	? think(o, tok, be, &err)

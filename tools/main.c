@@ -18,13 +18,18 @@ static const struct subcommand subcommands[] = {
 	{ "tokenize", CMD_TOKENIZE, tool_tokenize, "--model DIR TEXT | --model DIR --decode ID,...",
 	  "Print the token ids of TEXT (comma-separated), or the text of ids." },
 	{ "generate", CMD_GENERATE, tool_generate,
-	  "--model DIR (--prompt TEXT | --tokens ID,...) [--chat] [--max-tokens N] [--ids]",
+	  "--model DIR (--prompt TEXT | --tokens ID,...) [--chat] [--max-tokens N] [--ids]\n"
+	  "       tandem generate --model DIR --source-units IDS|IDS --target-units IDS|IDS "
+	  "--dump-logits FILE\n"
+	  "       tandem generate --model DIR --think --prompt TEXT [--mode streaming|batch]",
 	  "Generate a continuation in this process (no server): for checks and debugging." },
 	{ "config", CMD_CONFIG, tool_config, "",
 	  "Print every option of every subcommand as a Markdown table (docs/config.md)." },
 	{ "bench", CMD_BENCH, tool_bench,
 	  "[engine] --model DIR [--prompt-tokens N] [--gen-tokens N] [--threads N] [--batch B] "
-	  "[--json]",
+	  "[--json]\n"
+	  "       tandem bench streaming --model DIR [--input FILE] [--read-rate TOK_PER_S] "
+	  "[--unit-budget N] [--final-budget N] [--json]",
 	  "Measure prefill and decode speed against this machine's measured rooflines." },
 	{ "serve", CMD_SERVE, tool_serve,
 	  "--model DIR [--grpc-port P] [--http-port H] [--worker-port W] [--host ADDR]",

@@ -104,6 +104,10 @@ int tool_config(const struct tandem_opts *o, int argc, char **argv);
 /* tandem bench [MODE]: MODE picks a row of the table in tools/bench.c (default
  * "engine"); the rest of argv goes to it. */
 int tool_bench(const struct tandem_opts *o, int argc, char **argv);
+struct wk_model;
+/* Places m's weights as --quantize and --mmap ask (wk_model_convert); errors as
+ * wk_model_convert's. */
+int tool_model_weights(const struct tandem_opts *o, struct wk_model *m, struct cm_err *err);
 /* tandem bench streaming (tools/bench_streaming.c): streaming vs batch thinking. */
 int tool_bench_streaming(const struct tandem_opts *o, int argc, char **argv);
 /* The StreamingThinker template of --template FILE (else the defaults), with

@@ -24,9 +24,9 @@
 #define UNIT_FINAL INT32_MAX
 
 enum st_stage {
-	ST_UNITS = 0,  /* thinking on source units (or waiting for the next one) */
-	ST_FINAL,      /* the input is closed: deep reasoning */
-	ST_ANSWER,     /* after "</think>" */
+	ST_UNITS = 0, /* thinking on source units (or waiting for the next one) */
+	ST_FINAL,     /* the input is closed: deep reasoning */
+	ST_ANSWER,    /* after "</think>" */
 };
 
 /* Streaming state of a sequence (modes STREAMING and BATCH). The reasoning
@@ -35,36 +35,36 @@ struct wk_stream {
 	enum wk_mode mode;
 	int32_t phi, unit_budget, final_budget, answer_budget;
 	bool has_ids;
-	struct md_seg_ids ids;       /* connect_2 / connect_3 point into conn */
-	int32_t *conn;               /* [n_connect_2 + n_connect_3] malloc'd */
-	int32_t *units;              /* [n_prompt_units] forced unit lengths, or NULL */
+	struct md_seg_ids ids; /* connect_2 / connect_3 point into conn */
+	int32_t *conn;	       /* [n_connect_2 + n_connect_3] malloc'd */
+	int32_t *units;	       /* [n_prompt_units] forced unit lengths, or NULL */
 	int32_t n_prompt_units;
 	/* source, as it arrives */
-	int32_t *src;                /* [src_cap] malloc'd */
+	int32_t *src; /* [src_cap] malloc'd */
 	int32_t src_n, src_cap, src_fed;
-	int32_t *unit_end;           /* [units_cap] source tokens in units 0..k */
+	int32_t *unit_end; /* [units_cap] source tokens in units 0..k */
 	int32_t n_units, units_cap;
 	bool closed;
 	/* reasoning */
 	enum st_stage stage;
-	int32_t unit;                /* unit of the next token to generate */
-	int32_t unit_gen;            /* tokens generated on that unit */
-	int32_t final_gen;           /* tokens generated in the final phase */
+	int32_t unit;	   /* unit of the next token to generate */
+	int32_t unit_gen;  /* tokens generated on that unit */
+	int32_t final_gen; /* tokens generated in the final phase */
 };
 
 struct wk_seq {
 	uint64_t id;
-	int32_t *prompt;             /* queued only: [n_prompt], malloc'd */
+	int32_t *prompt; /* queued only: [n_prompt], malloc'd */
 	int32_t n_prompt;
 	int32_t max_tokens;
-	int32_t *stop;               /* [n_stop], malloc'd */
+	int32_t *stop; /* [n_stop], malloc'd */
 	int32_t n_stop;
 	bool prompt_logits;
 	wk_logits_fn on_logits;
 	void *ud;
 	struct wk_sampler sampler;
-	struct wk_stream st;         /* mode GENERATE: unused */
-	struct wk_seq *next;         /* queue link */
+	struct wk_stream st; /* mode GENERATE: unused */
+	struct wk_seq *next; /* queue link */
 };
 
 /* A running sequence. */
@@ -72,46 +72,47 @@ struct wk_slot {
 	bool used;
 	bool aborted;
 	struct wk_seq seq;
-	int32_t *tokens;             /* [cap] prompt then generated; streaming: reasoning */
-	int32_t *tok_unit;           /* [cap] streaming: unit of each reasoning token */
+	int32_t *tokens;   /* [cap] prompt then generated; streaming: reasoning */
+	int32_t *tok_unit; /* [cap] streaming: unit of each reasoning token */
 	int32_t n_tokens;
-	int32_t n_fed;               /* tokens in the KV cache */
-	int32_t n_gen;               /* tokens reported */
-	int32_t reserved;            /* KV blocks reserved */
+	int32_t n_fed;	  /* tokens in the KV cache */
+	int32_t n_gen;	  /* tokens reported */
+	int32_t tok_cap;  /* tokens[] may hold: the context, or what the reservation allows */
+	int32_t reserved; /* KV blocks reserved */
 	struct wk_seg segs[WK_MAX_SEGS];
-	int32_t batch_index;         /* this step's sequence index, or -1 */
-	bool forced_next;            /* streaming: its last token went through this step and
-				      * the next one is forced (no logits) */
+	int32_t batch_index; /* this step's sequence index, or -1 */
+	bool forced_next;    /* streaming: its last token went through this step and
+			      * the next one is forced (no logits) */
 };
 
 /* Row flags of a step. */
 enum {
-	ROW_LOGITS = 1,  /* compute the LM head */
-	ROW_SAMPLE = 2,  /* sample the sequence's next token from it */
+	ROW_LOGITS = 1, /* compute the LM head */
+	ROW_SAMPLE = 2, /* sample the sequence's next token from it */
 };
 
 struct wk_engine {
 	struct wk_model *m;
 	struct kern_backend *be;
 	struct wk_engine_params p;
-	int32_t cap;                 /* tokens per sequence: min(context, pool) */
+	int32_t cap; /* tokens per sequence: min(context, pool) */
 	struct wk_kv kv;
-	int32_t reserved;            /* blocks reserved by running sequences */
+	int32_t reserved; /* blocks reserved by running sequences */
 	struct wk_scratch s;
-	struct wk_slot *slots;       /* [max_seqs] */
+	struct wk_slot *slots; /* [max_seqs] */
 	struct wk_seq *queue, *queue_tail;
 	int32_t n_queued;
-	uint64_t *aborted_queued;    /* [max_seqs] ids aborted while queued, to report */
+	uint64_t *aborted_queued; /* [max_seqs] ids aborted while queued, to report */
 	int32_t n_aborted_queued;
 	/* per step, [max_batch_tokens] unless noted */
 	int32_t *ids, *pos, *slots_kv, *logit_rows;
-	int32_t *row_slot, *row_idx;   /* slot and token index (reasoning / prompt) of each row */
+	int32_t *row_slot, *row_idx; /* slot and token index (reasoning / prompt) of each row */
 	uint8_t *row_flags;
 	struct kern_attn_query *queries;
-	struct kern_kv_seg *segs;    /* [max_seqs][WK_MAX_SEGS] */
-	float *logits;               /* [max_logit_rows][vocab] */
+	struct kern_kv_seg *segs; /* [max_seqs][WK_MAX_SEGS] */
+	float *logits;		  /* [max_logit_rows][vocab] */
 	struct wk_sample_scratch sample;
-	int32_t *row_seg;            /* segment each row is written to */
+	int32_t *row_seg; /* segment each row is written to */
 	int64_t steps, tokens_prefilled, tokens_decoded, tokens_source, logit_rows_total;
 	double flops;
 	wk_trace_fn trace;
@@ -120,7 +121,7 @@ struct wk_engine {
 
 const char *wk_finish_str(enum wk_finish f)
 {
-	static const char *const names[] = { "none", "stop", "length", "context", "abort" };
+	static const char *const names[] = {"none", "stop", "length", "context", "abort"};
 	return (unsigned)f < CM_ARRAY_LEN(names) ? names[f] : "?";
 }
 
@@ -196,8 +197,8 @@ struct wk_engine *wk_engine_new(struct wk_model *m, const struct wk_engine_param
 	e->sample.val = malloc(v * sizeof(float));
 	e->sample.mark = calloc(v, 1);
 	e->sample.n = c->vocab;
-	if (!e->slots || !e->aborted_queued || !e->ids || !e->pos || !e->slots_kv ||
-	    !e->row_slot || !e->row_idx || !e->row_flags || !e->row_seg || !e->logit_rows || !e->queries ||
+	if (!e->slots || !e->aborted_queued || !e->ids || !e->pos || !e->slots_kv || !e->row_slot ||
+	    !e->row_idx || !e->row_flags || !e->row_seg || !e->logit_rows || !e->queries ||
 	    !e->segs || !e->logits || !e->sample.idx || !e->sample.val || !e->sample.mark)
 		goto oom;
 	int32_t max_blocks = blocks_for(e, e->cap);
@@ -300,8 +301,7 @@ static void stream_forced(const struct wk_request *r, const int32_t **ids, int32
 }
 
 /* Checks the streaming fields of r (defaults applied by stream_init). */
-static int stream_check(const struct wk_engine *e, const struct wk_request *r,
-			struct cm_err *err)
+static int stream_check(const struct wk_engine *e, const struct wk_request *r, struct cm_err *err)
 {
 	unsigned long long id = (unsigned long long)r->id;
 	const int32_t *forced;
@@ -340,9 +340,10 @@ static int stream_check(const struct wk_engine *e, const struct wk_request *r,
 				  (long long)sum, r->n_prompt);
 	if (r->think) {
 		const struct md_seg_ids *t = r->think;
-		int32_t b[] = { t->sep, t->eoq, t->eos, t->eot, t->eor, t->eoa, t->ignore };
+		int32_t b[] = {t->sep, t->eoq, t->eos, t->eot, t->eor, t->eoa, t->ignore};
 		if ((rc = check_ids(e, r->id, b, 7, "boundary", err)) < 0 ||
-		    (rc = check_ids(e, r->id, t->connect_2, t->n_connect_2, "connector", err)) < 0 ||
+		    (rc = check_ids(e, r->id, t->connect_2, t->n_connect_2, "connector", err)) <
+			    0 ||
 		    (rc = check_ids(e, r->id, t->connect_3, t->n_connect_3, "connector", err)) < 0)
 			return rc;
 		if ((int64_t)n_forced + t->n_connect_2 + t->n_connect_3 >= e->cap)
@@ -410,8 +411,8 @@ int wk_engine_add(struct wk_engine *e, const struct wk_request *r, struct cm_err
 	if (!stream && r->n_prompt < 1)
 		return cm_err_set(err, CM_EINVAL, "request %llu: empty prompt",
 				  (unsigned long long)r->id);
-	if (r->max_tokens < 0 || r->n_stop < 0 || (r->n_stop && !r->stop_ids) ||
-	    r->n_prompt < 0 || (r->n_prompt && !r->prompt))
+	if (r->max_tokens < 0 || r->n_stop < 0 || (r->n_stop && !r->stop_ids) || r->n_prompt < 0 ||
+	    (r->n_prompt && !r->prompt))
 		return cm_err_set(err, CM_EINVAL, "request %llu: bad limits",
 				  (unsigned long long)r->id);
 	if (stream && (rc = stream_check(e, r, err)) < 0)
@@ -514,20 +515,29 @@ int wk_engine_input(struct wk_engine *e, uint64_t req_id, const int32_t *unit, i
 		return rc;
 	if ((int64_t)st->src_n + n > e->cap)
 		return cm_err_set(err, CM_ERANGE,
-				  "request %llu: source of %lld tokens exceeds the context (%d)", id,
-				  (long long)st->src_n + n, e->cap);
+				  "request %llu: source of %lld tokens exceeds the context (%d)",
+				  id, (long long)st->src_n + n, e->cap);
+	/* the source's blocks: from the free pool, else from this request's own
+	 * reasoning reservation (its reasoning may then end sooner, CONTEXT) */
 	int32_t extra = blocks_for(e, st->src_n + n) - blocks_for(e, st->src_n);
-	if (sl && e->reserved + extra > e->kv.n_blocks)
-		return cm_err_set(err, CM_ERANGE, "request %llu: the KV pool is full", id);
+	bool take = sl && e->reserved + extra <= e->kv.n_blocks;
+	int32_t tok_cap = 0;
+	if (sl && !take) {
+		tok_cap = (sl->reserved - blocks_for(e, st->src_n + n)) * e->p.block_size;
+		if (tok_cap <= sl->n_tokens)
+			return cm_err_set(err, CM_ERANGE, "request %llu: the KV pool is full", id);
+	}
 	if (grow(&st->src, &st->src_cap, st->src_n + n) < 0 ||
 	    grow(&st->unit_end, &st->units_cap, st->n_units + 1) < 0)
 		return cm_err_set(err, CM_ENOMEM, "out of memory");
 	memcpy(st->src + st->src_n, unit, (size_t)n * sizeof(int32_t));
 	st->src_n += n;
 	st->unit_end[st->n_units++] = st->src_n;
-	if (sl) {
+	if (take) {
 		sl->reserved += extra;
 		e->reserved += extra;
+	} else if (sl) {
+		sl->tok_cap = CM_MIN(sl->tok_cap, tok_cap);
 	}
 	return CM_OK;
 }
@@ -647,8 +657,13 @@ static void admit(struct wk_engine *e)
 		sl->n_gen = 0;
 		sl->reserved = CM_MIN(need, e->kv.n_blocks);
 		e->reserved += sl->reserved;
-		if (is_stream(&sl->seq))
+		sl->tok_cap = e->cap;
+		if (is_stream(&sl->seq)) {
+			/* the reasoning gets what the reservation leaves the source */
+			int32_t left = sl->reserved - blocks_for(e, sl->seq.st.src_n);
+			sl->tok_cap = CM_MIN(e->cap, CM_MAX(left, 0) * e->p.block_size);
 			stream_start(sl);
+		}
 	}
 }
 
@@ -786,8 +801,8 @@ static int32_t stream_add_source(struct wk_engine *e, struct wk_slot *sl, int32_
 	int32_t t0 = *T;
 	for (int32_t j = 0; j < take; j++)
 		e->pos[t0 + j] = st->src_fed + j; /* source positions 0..S-1 */
-	if (wk__seg_append(&e->kv, &sl->segs[WK_SEG_SOURCE], take, e->pos + t0,
-			   e->slots_kv + t0) < 0)
+	if (wk__seg_append(&e->kv, &sl->segs[WK_SEG_SOURCE], take, e->pos + t0, e->slots_kv + t0) <
+	    0)
 		return 0;
 	int32_t bi = seq_index(sl, n_seq);
 	for (int32_t j = 0; j < take; j++) {
@@ -815,8 +830,8 @@ static int32_t stream_add_reason(struct wk_engine *e, struct wk_slot *sl, int32_
 	int32_t t0 = *T;
 	for (int32_t j = 0; j < take; j++)
 		e->pos[t0 + j] = st->phi + sl->n_fed + j; /* group positions: phi + j */
-	if (wk__seg_append(&e->kv, &sl->segs[WK_SEG_REASON], take, e->pos + t0,
-			   e->slots_kv + t0) < 0)
+	if (wk__seg_append(&e->kv, &sl->segs[WK_SEG_REASON], take, e->pos + t0, e->slots_kv + t0) <
+	    0)
 		return 0;
 	int32_t bi = seq_index(sl, n_seq);
 	for (int32_t j = 0; j < take; j++) {
@@ -837,10 +852,9 @@ static int32_t stream_add_reason(struct wk_engine *e, struct wk_slot *sl, int32_
 }
 
 /* Appends forced tokens of unit u to sl's reasoning; false when the context is full. */
-static bool reason_append(struct wk_engine *e, struct wk_slot *sl, const int32_t *ids,
-			  int32_t n, int32_t u)
+static bool reason_append(struct wk_slot *sl, const int32_t *ids, int32_t n, int32_t u)
 {
-	if (sl->n_tokens + n > e->cap)
+	if (sl->n_tokens + n > sl->tok_cap)
 		return false;
 	for (int32_t i = 0; i < n; i++) {
 		sl->tokens[sl->n_tokens] = ids[i];
@@ -850,17 +864,22 @@ static bool reason_append(struct wk_engine *e, struct wk_slot *sl, const int32_t
 }
 
 /* The input closed and every unit's reasoning ended: the final phase begins with
- * the depth connector. Reports a CONTEXT finish when it does not fit. */
-static void stream_advance(struct wk_engine *e, struct wk_slot *sl, struct wk_event *ev,
-			   int max_ev, int *n_ev)
+ * the depth connector. Reports a CONTEXT finish when the reasoning does not fit. */
+static void stream_advance(struct wk_engine *e, struct wk_slot *sl, struct wk_event *ev, int max_ev,
+			   int *n_ev)
 {
 	struct wk_stream *st = &sl->seq.st;
+	if (sl->n_tokens > sl->tok_cap) { /* admitted into a pool too small for it */
+		push_event(ev, max_ev, n_ev, sl, -1, WK_FINISH_CONTEXT);
+		slot_release(e, sl);
+		return;
+	}
 	if (st->stage != ST_UNITS || !st->closed || st->unit < st->n_units ||
 	    sl->seq.max_tokens == 0)
 		return;
 	st->stage = ST_FINAL;
 	st->unit = UNIT_FINAL;
-	if (!reason_append(e, sl, st->ids.connect_2, st->ids.n_connect_2, UNIT_FINAL)) {
+	if (!reason_append(sl, st->ids.connect_2, st->ids.n_connect_2, UNIT_FINAL)) {
 		push_event(ev, max_ev, n_ev, sl, -1, WK_FINISH_CONTEXT);
 		slot_release(e, sl);
 	}
@@ -886,29 +905,28 @@ static int32_t forced_boundary(const struct wk_stream *st, int32_t u)
 	return st->ids.eot;
 }
 
-static enum wk_finish stop_check(const struct wk_engine *e, const struct wk_slot *sl,
-				 int32_t tok)
+static enum wk_finish stop_check(const struct wk_slot *sl, int32_t tok)
 {
 	for (int32_t i = 0; i < sl->seq.n_stop; i++)
 		if (sl->seq.stop[i] == tok)
 			return WK_FINISH_STOP;
 	if (sl->n_gen >= sl->seq.max_tokens)
 		return WK_FINISH_LENGTH;
-	if (sl->n_tokens >= e->cap)
+	if (sl->n_tokens >= sl->tok_cap)
 		return WK_FINISH_CONTEXT;
 	return WK_FINISH_NONE;
 }
 
 /* Picks the next reasoning token of a streaming sl (from logits, or forced when
  * logits is NULL), advances its state machine and reports it. */
-static void stream_next(struct wk_engine *e, struct wk_slot *sl, float *logits,
-			struct wk_event *ev, int max_ev, int *n_ev)
+static void stream_next(struct wk_engine *e, struct wk_slot *sl, float *logits, struct wk_event *ev,
+			int max_ev, int *n_ev)
 {
 	struct wk_stream *st = &sl->seq.st;
 	if (!logits && st->stage == ST_FINAL) {
 		/* deep-reasoning budget spent: close the thinking, the answer follows */
 		st->stage = ST_ANSWER;
-		if (!reason_append(e, sl, st->ids.connect_3, st->ids.n_connect_3, UNIT_FINAL)) {
+		if (!reason_append(sl, st->ids.connect_3, st->ids.n_connect_3, UNIT_FINAL)) {
 			push_event(ev, max_ev, n_ev, sl, -1, WK_FINISH_CONTEXT);
 			slot_release(e, sl);
 		}
@@ -936,7 +954,7 @@ static void stream_next(struct wk_engine *e, struct wk_slot *sl, float *logits,
 		      st->final_gen >= st->final_budget - st->answer_budget)))
 			st->stage = ST_ANSWER;
 	}
-	enum wk_finish f = stop_check(e, sl, tok);
+	enum wk_finish f = stop_check(sl, tok);
 	if (!f && st->stage != ST_UNITS && st->final_gen >= st->final_budget)
 		f = WK_FINISH_LENGTH;
 	ev[at].finish = f;
@@ -945,14 +963,14 @@ static void stream_next(struct wk_engine *e, struct wk_slot *sl, float *logits,
 }
 
 /* Samples the next token of a generate-mode sl from logits and reports it. */
-static void sample_one(struct wk_engine *e, struct wk_slot *sl, float *logits,
-		       struct wk_event *ev, int max_ev, int *n_ev)
+static void sample_one(struct wk_engine *e, struct wk_slot *sl, float *logits, struct wk_event *ev,
+		       int max_ev, int *n_ev)
 {
 	int32_t tok = wk__sample(&sl->seq.sampler, e->be, logits, e->m->cfg.vocab, sl->tokens,
 				 sl->n_tokens, &e->sample);
 	sl->tokens[sl->n_tokens++] = tok;
 	sl->n_gen++;
-	enum wk_finish f = stop_check(e, sl, tok);
+	enum wk_finish f = stop_check(sl, tok);
 	push_event(ev, max_ev, n_ev, sl, tok, f);
 	if (f)
 		slot_release(e, sl);
@@ -1039,8 +1057,8 @@ static int32_t build_batch(struct wk_engine *e, int32_t *n_seq, int64_t *decoded
 			continue;
 		struct kern_kv_seg *ks = &e->segs[(size_t)sl->batch_index * WK_MAX_SEGS];
 		for (int s = 0; s < WK_MAX_SEGS; s++)
-			ks[s] = (struct kern_kv_seg){ .blocks = sl->segs[s].blocks,
-						      .n_tok = sl->segs[s].n_tok };
+			ks[s] = (struct kern_kv_seg){.blocks = sl->segs[s].blocks,
+						     .n_tok = sl->segs[s].n_tok};
 	}
 	return T;
 }
@@ -1053,10 +1071,10 @@ int wk_engine_step(struct wk_engine *e, struct wk_event *ev, int max_ev, int *n_
 	CM_ASSERT(max_ev >= WK_EV_MIN(&e->p));
 	/* finishes of aborted requests */
 	for (int32_t i = 0; i < e->n_aborted_queued && *n_ev < max_ev; i++)
-		ev[(*n_ev)++] = (struct wk_event){ .req_id = e->aborted_queued[i],
-						   .token = -1,
-						   .unit = -1,
-						   .finish = WK_FINISH_ABORT };
+		ev[(*n_ev)++] = (struct wk_event){.req_id = e->aborted_queued[i],
+						  .token = -1,
+						  .unit = -1,
+						  .finish = WK_FINISH_ABORT};
 	e->n_aborted_queued = 0;
 	for (int32_t i = 0; i < e->p.max_seqs; i++) {
 		struct wk_slot *sl = &e->slots[i];
@@ -1077,11 +1095,11 @@ int wk_engine_step(struct wk_engine *e, struct wk_event *ev, int max_ev, int *n_
 		return CM_OK;
 
 	for (int32_t t = 0; e->trace && t < T; t++) {
-		struct wk_row_trace r = { .req_id = e->slots[e->row_slot[t]].seq.id,
-					  .token = e->ids[t],
-					  .seg = e->row_seg[t],
-					  .index = e->row_idx[t],
-					  .pos = e->pos[t] };
+		struct wk_row_trace r = {.req_id = e->slots[e->row_slot[t]].seq.id,
+					 .token = e->ids[t],
+					 .seg = e->row_seg[t],
+					 .index = e->row_idx[t],
+					 .pos = e->pos[t]};
 		memcpy(r.n_vis, e->queries[t].n_vis, sizeof(r.n_vis));
 		e->trace(e->trace_ud, &r);
 	}
@@ -1159,5 +1177,6 @@ void wk_engine_stats(const struct wk_engine *e, struct wk_engine_stats *s)
 	s->tokens_decoded = e->tokens_decoded;
 	s->tokens_source = e->tokens_source;
 	s->logit_rows = e->logit_rows_total;
-	s->flops = e->flops + 2.0 * e->m->cfg.hidden * e->m->cfg.vocab * (double)e->logit_rows_total;
+	s->flops =
+		e->flops + 2.0 * e->m->cfg.hidden * e->m->cfg.vocab * (double)e->logit_rows_total;
 }

@@ -22,6 +22,7 @@
 #define CPU_PAR_MIN_WORK    16384	/* elements below which an op stays on the caller */
 #define CPU_SCRATCH_BYTES   (16u << 20) /* packed matmul activations; attention states */
 #define CPU_MM_GRAIN	    16		/* rows per matmul split unit */
+#define CPU_DYN_CHUNKS	    4		/* chunks per thread of a dynamic split */
 #define CPU_ATTN_BATCH	    1		/* attention items a thread takes at a time */
 #define CPU_ATTN_QB	    16		/* most queries per attention item */
 #define CPU_ATTN_HEADS	    2		/* query heads per attention item, many queries */
@@ -157,6 +158,46 @@ static void cpu_parallel(struct kern_cpu *c, int32_t n, int32_t grain, int64_t w
 	cm_pool_run(c->pool, cpu_split_job, &s);
 }
 
+struct cpu_dyn {
+	cpu_range_fn fn;
+	void *ctx;
+	int32_t n;
+	int32_t chunk;
+	atomic_int next;
+};
+
+static void cpu_dyn_job(void *arg, int ith, int nth)
+{
+	struct cpu_dyn *s = arg;
+	(void)ith;
+	(void)nth;
+	for (;;) {
+		int32_t i0 = atomic_fetch_add_explicit(&s->next, s->chunk, memory_order_relaxed);
+		if (i0 >= s->n)
+			return;
+		s->fn(s->ctx, i0, CM_MIN(i0 + s->chunk, s->n));
+	}
+}
+
+/* Like cpu_parallel, but the threads take chunks of [0, n) (multiples of grain,
+ * about CPU_DYN_CHUNKS per thread) off a shared counter, so that a thread slowed
+ * by anything (another process on its core, a busier memory channel) does less
+ * of the work instead of holding the others at the end. */
+static void cpu_parallel_dyn(struct kern_cpu *c, int32_t n, int32_t grain, int64_t work,
+			     cpu_range_fn fn, void *ctx)
+{
+	const int nth = c->base.n_threads;
+	if (nth == 1 || n <= grain || work < CPU_PAR_MIN_WORK) {
+		fn(ctx, 0, n);
+		return;
+	}
+	int32_t chunk = (n + nth * CPU_DYN_CHUNKS - 1) / (nth * CPU_DYN_CHUNKS);
+	chunk = CM_MAX(grain, (chunk + grain - 1) / grain * grain);
+	struct cpu_dyn s = {.fn = fn, .ctx = ctx, .n = n, .chunk = chunk};
+	atomic_init(&s.next, 0);
+	cm_pool_run(c->pool, cpu_dyn_job, &s);
+}
+
 /* ---- matmul -------------------------------------------------------------- */
 
 struct cpu_mm_job {
@@ -213,8 +254,8 @@ static void cpu_matmul(struct kern_backend *be, const struct kern_mat *w, const 
 		j.m.y = y + (size_t)t0 * (size_t)w->rows;
 		if (stride)
 			cpu_parallel(c, tn, 1, (int64_t)tn * w->cols, cpu_mm_pack_range, &j);
-		cpu_parallel(c, w->rows, CPU_MM_GRAIN, (int64_t)w->rows * w->cols * tn,
-			     cpu_mm_rows_range, &j);
+		cpu_parallel_dyn(c, w->rows, CPU_MM_GRAIN, (int64_t)w->rows * w->cols * tn,
+				 cpu_mm_rows_range, &j);
 	}
 }
 

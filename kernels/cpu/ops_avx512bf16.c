@@ -14,7 +14,8 @@
 #include "kernels/cpu/simd-impl.h"
 
 #define BF_RMAX 8  /* most rows per micro-tile */
-#define BF_T	6  /* most tokens per micro-tile */
+#define BF_T	8  /* most tokens per micro-tile */
+#define BF_TG	6  /* tokens per micro-tile of a call with more than BF_T tokens */
 #define BF_STEP 32 /* k per vdpbf16ps */
 #define BF_RB	64 /* rows per cache block */
 
@@ -107,10 +108,14 @@ KS_INLINE void bf_tile(const struct kern_mm *m, int32_t r, int32_t t, const int 
 		m->y[(size_t)(t + j) * (size_t)m->rows + (size_t)(r + i)] = out[i * T + j];
 }
 
-/* Rows per tile of T tokens: one for one token (GEMV: each thread then streams its
- * rows in address order, which the hardware prefetcher follows best; see
- * docs/performance.md), 8 for two, 4 beyond (GEMM). */
-#define BF_ROWS(T) ((T) == 1 ? 1 : (T) == 2 ? BF_RMAX : 4)
+/* Rows per tile of T tokens within a call of more than BF_T tokens: 8 for two
+ * (memory-bound), 4 beyond (GEMM: 24 accumulators, ten loads per 24 vdpbf16ps). A
+ * call of at most BF_T tokens (decode, a small batch) takes all of its tokens per
+ * tile and few rows (BF_SROWS): each thread then reads its rows once, in address
+ * order, the stream the hardware prefetcher follows best (docs/performance.md);
+ * two rows from five tokens on keep vdpbf16ps rather than loads the bound. */
+#define BF_ROWS(T)  ((T) == 1 ? 1 : (T) == 2 ? BF_RMAX : 4)
+#define BF_SROWS(T) ((T) <= 4 ? 1 : 2)
 
 #define BF_TILE(T)                                                                                 \
 	static __attribute__((noinline)) void bf_m##T(const struct kern_mm *m, int32_t r,          \
@@ -131,19 +136,52 @@ BF_TILE(4)
 BF_TILE(5)
 BF_TILE(6)
 
+#define BF_TILE_SMALL(T)                                                                           \
+	static __attribute__((noinline)) void bf_n##T(const struct kern_mm *m, int32_t r,          \
+						      int32_t t)                                   \
+	{                                                                                          \
+		bf_tile(m, r, t, BF_SROWS(T), T);                                                  \
+	}
+
+BF_TILE_SMALL(5)
+BF_TILE_SMALL(6)
+BF_TILE_SMALL(7)
+BF_TILE_SMALL(8)
+
+static __attribute__((noinline)) void bf_s7(const struct kern_mm *m, int32_t r, int32_t t)
+{
+	bf_tile(m, r, t, 1, 7);
+}
+
+static __attribute__((noinline)) void bf_s8(const struct kern_mm *m, int32_t r, int32_t t)
+{
+	bf_tile(m, r, t, 1, 8);
+}
+
 typedef void (*bf_tile_fn)(const struct kern_mm *m, int32_t r, int32_t t);
 
-static const bf_tile_fn bf_tiles[2][BF_T] = {
-	{bf_s1, bf_s2, bf_s3, bf_s4, bf_s5, bf_s6},
-	{bf_m1, bf_m2, bf_m3, bf_m4, bf_m5, bf_m6},
+/* [0]: one row; [1]: BF_ROWS(T) rows; [2]: BF_SROWS(T) rows. */
+static const bf_tile_fn bf_tiles[3][BF_T] = {
+	{bf_s1, bf_s2, bf_s3, bf_s4, bf_s5, bf_s6, bf_s7, bf_s8},
+	{bf_m1, bf_m2, bf_m3, bf_m4, bf_m5, bf_m6, NULL, NULL},
+	{bf_s1, bf_s2, bf_s3, bf_s4, bf_n5, bf_n6, bf_n7, bf_n8},
 };
 
 void kern__avx512bf16_mm_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 {
+	if (m->n <= BF_T) { /* every token in each tile */
+		const int rn = BF_SROWS(m->n);
+		int32_t r = r0;
+		for (; r + rn <= r1; r += rn)
+			bf_tiles[2][m->n - 1](m, r, 0);
+		for (; r < r1; r++)
+			bf_tiles[0][m->n - 1](m, r, 0);
+		return;
+	}
 	for (int32_t rb = r0; rb < r1; rb += BF_RB) {
 		const int32_t re = rb + BF_RB < r1 ? rb + BF_RB : r1;
-		for (int32_t t = 0; t < m->n; t += BF_T) {
-			const int tn = m->n - t < BF_T ? m->n - t : BF_T;
+		for (int32_t t = 0; t < m->n; t += BF_TG) {
+			const int tn = m->n - t < BF_TG ? m->n - t : BF_TG;
 			const int rn = BF_ROWS(tn);
 			int32_t r = rb;
 			for (; r + rn <= re; r += rn)

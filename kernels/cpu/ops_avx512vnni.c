@@ -13,8 +13,9 @@
 #include "kernels/cpu/cpu-impl.h"
 #include "kernels/cpu/simd-impl.h"
 
-#define Q8_RMAX	 8  /* most rows per micro-tile */
-#define Q8_T	 3  /* most tokens per micro-tile */
+#define Q8_RMAX	 4  /* most rows per micro-tile */
+#define Q8_T	 8  /* most tokens per micro-tile */
+#define Q8_TG	 3  /* tokens per micro-tile of a call with more than Q8_T tokens */
 #define Q8_RB	 64 /* rows per cache block */
 #define Q8_SLICE (KERN_Q8_BLOCK / 4)
 
@@ -131,8 +132,9 @@ KS_INLINE void q8_tile(const struct kern_mm *m, int32_t r, int32_t t, const int 
 		m->y[(size_t)(t + j) * (size_t)m->rows + (size_t)(r + i)] = out[i * T + j];
 }
 
-/* Rows per tile of T tokens: one for one token (a sequential stream, as in
- * ops_avx512bf16.c), 4 beyond. */
+/* Rows per tile of T tokens in a call of more than Q8_T tokens; a call of at most
+ * Q8_T tokens takes one row and all its tokens per tile (a sequential stream, as in
+ * ops_avx512bf16.c). */
 #define Q8_ROWS(T) ((T) == 1 ? 1 : 4)
 
 #define Q8_TILE(T)                                                                                 \
@@ -151,19 +153,37 @@ Q8_TILE(1)
 Q8_TILE(2)
 Q8_TILE(3)
 
+#define Q8_TILE1(T)                                                                                \
+	static __attribute__((noinline)) void q8_s##T(const struct kern_mm *m, int32_t r,          \
+						      int32_t t)                                   \
+	{                                                                                          \
+		q8_tile(m, r, t, 1, T);                                                            \
+	}
+
+Q8_TILE1(4)
+Q8_TILE1(5)
+Q8_TILE1(6)
+Q8_TILE1(7)
+Q8_TILE1(8)
+
 typedef void (*q8_tile_fn)(const struct kern_mm *m, int32_t r, int32_t t);
 
 static const q8_tile_fn q8_tiles[2][Q8_T] = {
-	{q8_s1, q8_s2, q8_s3},
-	{q8_m1, q8_m2, q8_m3},
+	{q8_s1, q8_s2, q8_s3, q8_s4, q8_s5, q8_s6, q8_s7, q8_s8},
+	{q8_m1, q8_m2, q8_m3, NULL, NULL, NULL, NULL, NULL},
 };
 
 void kern__vnni_q8_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 {
+	if (m->n <= Q8_T) { /* one row of every token at a time */
+		for (int32_t r = r0; r < r1; r++)
+			q8_tiles[0][m->n - 1](m, r, 0);
+		return;
+	}
 	for (int32_t rb = r0; rb < r1; rb += Q8_RB) {
 		const int32_t re = rb + Q8_RB < r1 ? rb + Q8_RB : r1;
-		for (int32_t t = 0; t < m->n; t += Q8_T) {
-			const int tn = m->n - t < Q8_T ? m->n - t : Q8_T;
+		for (int32_t t = 0; t < m->n; t += Q8_TG) {
+			const int tn = m->n - t < Q8_TG ? m->n - t : Q8_TG;
 			const int rn = Q8_ROWS(tn);
 			int32_t r = rb;
 			for (; r + rn <= re; r += rn)

@@ -167,6 +167,42 @@ KS_INLINE vf vf_exp(vf x)
 				   y);
 }
 
+KS_INLINE vf ks_unpd(vf a, vf b, const bool HI)
+{
+	__m512d x = _mm512_castps_pd(a), y = _mm512_castps_pd(b);
+	return _mm512_castpd_ps(HI ? _mm512_unpackhi_pd(x, y) : _mm512_unpacklo_pd(x, y));
+}
+
+/* r[i][j] becomes r[j][i] for the VL x VL matrix of rows r. */
+KS_INLINE void vf_transpose(vf *r)
+{
+	vf t[16];
+	KS_UNROLL
+	for (int i = 0; i < 16; i += 2) {
+		t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+		t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+	}
+	KS_UNROLL
+	for (int i = 0; i < 16; i += 4) {
+		r[i] = ks_unpd(t[i], t[i + 2], false);
+		r[i + 1] = ks_unpd(t[i], t[i + 2], true);
+		r[i + 2] = ks_unpd(t[i + 1], t[i + 3], false);
+		r[i + 3] = ks_unpd(t[i + 1], t[i + 3], true);
+	}
+	KS_UNROLL
+	for (int h = 0; h < 16; h += 8)
+		KS_UNROLL
+	for (int i = 0; i < 4; i++) {
+		t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+		t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+	}
+	KS_UNROLL
+	for (int i = 0; i < 8; i++) {
+		r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+		r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+	}
+}
+
 /* Matmul weights, one step of 2 * VL elements: bf16 split into even and odd
  * elements (no shuffles), f16 and f32 as two halves. */
 KS_INLINE void mm_w_bf16(const uint16_t *p, vf *even, vf *odd)
@@ -326,6 +362,29 @@ KS_INLINE vf vf_exp(vf x)
 		_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
 	y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 	return _mm256_and_ps(y, _mm256_cmp_ps(x, _mm256_set1_ps(KS_EXP_LO), _CMP_NLT_UQ));
+}
+
+/* r[i][j] becomes r[j][i] for the VL x VL matrix of rows r. */
+KS_INLINE void vf_transpose(vf *r)
+{
+	vf t[8], u[8];
+	KS_UNROLL
+	for (int i = 0; i < 8; i += 2) {
+		t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+		t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+	}
+	KS_UNROLL
+	for (int i = 0; i < 8; i += 4) {
+		u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+		u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+		u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+		u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+	}
+	KS_UNROLL
+	for (int i = 0; i < 4; i++) {
+		r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+		r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+	}
 }
 
 KS_INLINE void mm_w_bf16(const uint16_t *p, vf *even, vf *odd)

@@ -280,13 +280,83 @@ struct ks_attn_state {
 	float *acc; /* [head_dim] running sum of exp(score - m) * v */
 };
 
-/* One chunk of up to VL keys for one head: scores, then the online-softmax update. */
-KS_INLINE void ks_attn_chunk(struct ks_attn_state *st, const float *qh, const char *const *kp,
-			     const char *const *vp, int cn, int32_t hd, bool f16, float scale)
+#define KS_ATTN_NP 4 /* (query, head) pairs that share each load of a chunk's keys and values */
+
+/* The dots of KS_ATTN_NP queries q[u] with the keys of a chunk transposed into
+ * kt[hd rounded up to VL][VL] (lane j: key j; zeros past head_dim), into sc[u].
+ *
+ * Row-wise (ks_attn_dots), lane l of key j's partial sums runs the FMAs of
+ * elements l, l + VL, ... in order, and vf_hsum_vl then adds the lanes by halving
+ * (l with l + VL/2, then l + VL/4, ...). Here lane l of every key is the vector
+ * p[l], built by the same FMAs in the same order, and added by the same tree: the
+ * same bits, without the shuffles of a horizontal reduction. The tree's first
+ * levels only join lanes equal modulo 4, so the work goes in four passes of VL/4
+ * lanes (those equal to a modulo 4), each leaving one vector t[a]; then
+ * (t0 + t2) + (t1 + t3) is the last two levels. Each load of kt serves every
+ * query of the call. */
+KS_INLINE void ks_attn_dots_t(const float *const *q, const float *kt, int32_t hd, vf *sc)
 {
-	vf a[VL];
-	ks_attn_dots(qh, kp, cn, hd, f16, a);
-	vf s = vf_mul(vf_hsum_vl(a), vf_set1(scale));
+	enum { K = VL / 4 };
+	vf t[4][KS_ATTN_NP];
+	KS_UNROLL
+	for (int a = 0; a < 4; a++) {
+		vf p[K][KS_ATTN_NP];
+		KS_UNROLL
+		for (int k = 0; k < K; k++)
+			KS_UNROLL
+		for (int u = 0; u < KS_ATTN_NP; u++)
+			p[k][u] = vf_zero();
+		for (int32_t d = 0; d < hd; d += VL) {
+			KS_UNROLL
+			for (int k = 0; k < K; k++) {
+				const int l = a + 4 * k;
+				vf kv = vf_load(kt + (size_t)(d + l) * VL);
+				KS_UNROLL
+				for (int u = 0; u < KS_ATTN_NP; u++)
+					p[k][u] = vf_fma(vf_set1(d + l < hd ? q[u][d + l] : 0.0f), kv,
+							 p[k][u]);
+			}
+		}
+		KS_UNROLL
+		for (int h = K / 2; h >= 1; h /= 2)
+			KS_UNROLL
+		for (int k = 0; k < h; k++)
+			KS_UNROLL
+		for (int u = 0; u < KS_ATTN_NP; u++)
+			p[k][u] = vf_add(p[k][u], p[k + h][u]);
+		KS_UNROLL
+		for (int u = 0; u < KS_ATTN_NP; u++)
+			t[a][u] = p[0][u];
+	}
+	KS_UNROLL
+	for (int u = 0; u < KS_ATTN_NP; u++)
+		sc[u] = vf_add(vf_add(t[0][u], t[2][u]), vf_add(t[1][u], t[3][u]));
+}
+
+/* kt[d][j] = element d of key row j (f32 or f16), for j < n and d < head_dim;
+ * zeros elsewhere in the [hd rounded up to VL][VL] block. */
+KS_INLINE void ks_attn_gather_t(const char *const *rows, int n, int32_t hd, bool f16, float *kt)
+{
+	for (int32_t d = 0; d < hd; d += VL) {
+		const int nd = hd - d < VL ? hd - d : VL;
+		vf r[VL];
+		for (int j = 0; j < VL; j++)
+			r[j] = j < n ? ks_kv_load(rows[j], d, nd, f16) : vf_zero();
+		vf_transpose(r);
+		KS_UNROLL
+		for (int l = 0; l < VL; l++)
+			vf_store(kt + (size_t)(d + l) * VL, r[l]);
+	}
+}
+
+/* One chunk of up to VL keys for one head: scores (from the key rows kp, or from
+ * their transpose kt when not NULL), then the online-softmax update. */
+/* The online-softmax update of one head by the raw scores s of a chunk's first cn
+ * keys: rescales acc when the max grows; pb[VL] gets the weights (zeros past cn). */
+KS_INLINE void ks_attn_softmax(struct ks_attn_state *st, vf s, int cn, int32_t hd, float scale,
+			       float *pb)
+{
+	s = vf_mul(s, vf_set1(scale));
 	s = vf_keep_first(s, cn, vf_set1(-INFINITY));
 	float cmax = vf_hmax(s);
 	if (cmax > st->m) {
@@ -304,9 +374,59 @@ KS_INLINE void ks_attn_chunk(struct ks_attn_state *st, const float *qh, const ch
 	}
 	vf pv = vf_exp(vf_sub(s, vf_set1(st->m)));
 	st->l += vf_hsum(pv);
-	float pb[VL];
 	vf_store(pb, pv);
+}
+
+/* One chunk of up to VL keys (rows kp, vp) for one head. */
+KS_INLINE void ks_attn_chunk(struct ks_attn_state *st, const float *qh, const char *const *kp,
+			     const char *const *vp, int cn, int32_t hd, bool f16, float scale)
+{
+	vf a[VL];
+	float pb[VL];
+	ks_attn_dots(qh, kp, cn, hd, f16, a);
+	ks_attn_softmax(st, vf_hsum_vl(a), cn, hd, scale, pb);
 	ks_attn_pv(st->acc, pb, vp, cn, hd, f16);
+}
+
+/* One chunk for np <= KS_ATTN_NP heads (queries q[u], first cn[u] keys; the keys
+ * transposed in kt, the values dense f32 rows v[j] head_dim apart), each load of a
+ * key or value serving all of them; every head gets the bits ks_attn_chunk would
+ * give it alone (values: its own keys, in order, on its own accumulators). */
+KS_INLINE void ks_attn_chunk_n(struct ks_attn_state *const *st, const float *const *q,
+			       const int *cn, int np, const float *kt, const float *v, int32_t hd,
+			       float scale)
+{
+	const float *qs[KS_ATTN_NP];
+	vf sc[KS_ATTN_NP];
+	float pb[KS_ATTN_NP][VL];
+	int cmax = 0;
+	for (int u = 0; u < KS_ATTN_NP; u++) {
+		qs[u] = q[u < np ? u : 0]; /* a stand-in for missing heads, result dropped */
+		cmax = u < np && cn[u] > cmax ? cn[u] : cmax;
+	}
+	ks_attn_dots_t(qs, kt, hd, sc);
+	for (int u = 0; u < np; u++)
+		ks_attn_softmax(st[u], sc[u], cn[u], hd, scale, pb[u]);
+	for (int32_t d = 0; d < hd; d += VL) {
+		const int n = hd - d < VL ? hd - d : VL;
+		vf a[KS_ATTN_NP];
+		for (int u = 0; u < np; u++)
+			a[u] = n == VL ? vf_load(st[u]->acc + d) : vf_load_part(st[u]->acc + d, n);
+		for (int j = 0; j < cmax; j++) {
+			vf vj = n == VL ? vf_load(v + (size_t)j * hd + d)
+					: vf_load_part(v + (size_t)j * hd + d, n);
+			KS_UNROLL
+			for (int u = 0; u < KS_ATTN_NP; u++)
+				if (u < np && j < cn[u])
+					a[u] = vf_fma(vf_set1(pb[u][j]), vj, a[u]);
+		}
+		for (int u = 0; u < np; u++) {
+			if (n == VL)
+				vf_store(st[u]->acc + d, a[u]);
+			else
+				vf_store_part(st[u]->acc + d, a[u], n);
+		}
+	}
 }
 
 /* Most head_dim for which a chunk's K and V rows are copied to a dense buffer. */
@@ -326,10 +446,10 @@ KS_INLINE void ks_attn_gather(const char *const *rows, int n, int32_t hd, bool f
 
 /* Keys go in chunks of VL consecutive tokens from the start of the partition (so
  * chunk boundaries depend only on the segment). A chunk's rows of one KV head serve
- * every query and head of the call that uses that KV head; when several do, they
- * are first copied to a dense f32 buffer (pool rows sit a KV-row apart, often 4 KiB,
- * and would fight over the same L1 sets). Either way every (query, head) runs
- * exactly the chunk sequence it would run alone, on the same values. */
+ * every query and head of the call that uses that KV head; when several do, the
+ * keys are transposed (ks_attn_dots_t) and the values copied to dense f32 buffers
+ * (pool rows sit a KV-row apart, often 4 KiB, and would fight over the same L1
+ * sets). Either way every (query, head) gets the bits it would get alone. */
 static void KS_FN(attn_part)(const struct kern_attn_params *p, const float *q, const int32_t *qi,
 			     int32_t nq, int32_t h0, int32_t h1, int32_t s, int32_t t0,
 			     const int32_t *t1, const struct kern_attn_state *out)
@@ -341,7 +461,7 @@ static void KS_FN(attn_part)(const struct kern_attn_params *p, const float *q, c
 	const struct kern_kv_seg *seg =
 		&p->segs[(size_t)p->queries[qi[0]].seq * (size_t)p->n_seg + (size_t)s];
 	struct ks_attn_state st[KERN_CPU_ATTN_MAXH];
-	float kbuf[VL * KS_ATTN_COPY_HD], vbuf[VL * KS_ATTN_COPY_HD];
+	float ktbuf[VL * KS_ATTN_COPY_HD], vbuf[VL * KS_ATTN_COPY_HD];
 	int32_t tend = t0;
 	CM_ASSERT(nq * nh <= KERN_CPU_ATTN_MAXH);
 	for (int32_t u = 0; u < nq; u++) {
@@ -371,15 +491,14 @@ static void KS_FN(attn_part)(const struct kern_attn_params *p, const float *q, c
 				vh[j] = vp[j] + (size_t)kvh * head_bytes;
 			}
 			if (dense) {
-				ks_attn_gather(kh, cmax, hd, f16, kbuf);
+				ks_attn_gather_t(kh, cmax, hd, f16, ktbuf);
 				ks_attn_gather(vh, cmax, hd, f16, vbuf);
-				for (int j = 0; j < cmax; j++) {
-					kh[j] = (const char *)(kbuf + (size_t)j * hd);
-					vh[j] = (const char *)(vbuf + (size_t)j * hd);
-				}
 			}
-			/* two calls, each with a constant KV type */
-			const bool f16_rows = f16 && !dense;
+			/* the heads of this KV head that see the chunk, KS_ATTN_NP at a
+			 * time when dense; else one at a time, with a constant KV type */
+			struct ks_attn_state *sg[KS_ATTN_NP];
+			const float *qg[KS_ATTN_NP];
+			int cg[KS_ATTN_NP], ng = 0;
 			for (int32_t h = ha; h < hb; h++)
 				for (int32_t u = 0; u < nq; u++) {
 					if (t1[u] <= c0)
@@ -389,13 +508,26 @@ static void KS_FN(attn_part)(const struct kern_attn_params *p, const float *q, c
 						    (size_t)(h0 + h);
 					const float *qh = q + qo * (size_t)hd;
 					struct ks_attn_state *sh = &st[u * nh + h];
-					if (f16_rows)
-						ks_attn_chunk(sh, qh, kh, vh, cn, hd, true,
-							      p->scale);
-					else
-						ks_attn_chunk(sh, qh, kh, vh, cn, hd, false,
-							      p->scale);
+					if (!dense) {
+						if (f16)
+							ks_attn_chunk(sh, qh, kh, vh, cn, hd, true,
+								      p->scale);
+						else
+							ks_attn_chunk(sh, qh, kh, vh, cn, hd, false,
+								      p->scale);
+						continue;
+					}
+					sg[ng] = sh;
+					qg[ng] = qh;
+					cg[ng++] = cn;
+					if (ng == KS_ATTN_NP) {
+						ks_attn_chunk_n(sg, qg, cg, ng, ktbuf, vbuf, hd,
+								p->scale);
+						ng = 0;
+					}
 				}
+			if (ng)
+				ks_attn_chunk_n(sg, qg, cg, ng, ktbuf, vbuf, hd, p->scale);
 		}
 	}
 	for (int32_t u = 0; u < nq; u++)

@@ -24,7 +24,7 @@ static void on_unit(void *ud, int32_t index, const int32_t *ids, int32_t n)
 	cr_assert_lt(u->n, MAX_UNITS);
 	char *t;
 	size_t len;
-	struct cm_err err = { 0 };
+	struct cm_err err = {0};
 	cr_assert_eq(md_tok_decode(u->tok, ids, (size_t)n, &t, &len, &err), CM_OK, "%s", err.msg);
 	u->index[u->n] = index;
 	u->text[u->n++] = t;
@@ -64,21 +64,22 @@ static struct md_tok *stream_tokenizer(void)
 	char *at = strstr(s, anchor);
 	cr_assert_not_null(at);
 	at += 6; /* after the last element's '}' */
-	static const char *const added[] = { "<SEP>", "<EOQ>", "<EOS>",   "<EOT>",
-					     "<EOR>", "<EOA>", "<ignore>" };
+	static const char *const added[] = {"<SEP>", "<EOQ>", "<EOS>",	 "<EOT>",
+					    "<EOR>", "<EOA>", "<ignore>"};
 	th_tmpdir(dir, sizeof(dir), "segtok");
 	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
 	FILE *f = fopen(path, "wb");
 	cr_assert_not_null(f);
 	fwrite(s, 1, (size_t)(at - s), f);
 	for (int i = 0; i < 7; i++)
-		fprintf(f, ",{\"id\":%d,\"content\":\"%s\",\"single_word\":false,\"lstrip\":false,"
-			   "\"rstrip\":false,\"normalized\":false,\"special\":true}",
+		fprintf(f,
+			",{\"id\":%d,\"content\":\"%s\",\"single_word\":false,\"lstrip\":false,"
+			"\"rstrip\":false,\"normalized\":false,\"special\":true}",
 			151669 + i, added[i]);
 	fwrite(at, 1, len - (size_t)(at - s), f);
 	fclose(f);
 	free(s);
-	struct cm_err err = { 0 };
+	struct cm_err err = {0};
 	struct md_tok *tok = md_tok_load_file(path, &err);
 	cr_assert_not_null(tok, "%s", err.msg);
 	th_rmdir(dir);
@@ -87,7 +88,7 @@ static struct md_tok *stream_tokenizer(void)
 
 static struct md_seg *seg_new(const struct md_tok *tok)
 {
-	struct cm_err err = { 0 };
+	struct cm_err err = {0};
 	struct md_seg_template t = md_seg_default_template();
 	struct md_seg *s = md_seg_new(tok, &t, &err);
 	cr_assert_not_null(s, "%s", err.msg);
@@ -98,7 +99,7 @@ static struct md_seg *seg_new(const struct md_tok *tok)
 static void segment(const struct md_tok *tok, const char *text, size_t step, struct units *u)
 {
 	struct md_seg *s = seg_new(tok);
-	struct cm_err err = { 0 };
+	struct cm_err err = {0};
 	u->tok = tok;
 	size_t len = strlen(text);
 	if (!step)
@@ -135,39 +136,55 @@ struct tcase {
 };
 
 static const struct tcase cases[] = {
-	{ "decimal", "Pi is 3.14 exactly. It is irrational.",
-	  { "Pi is 3.14 exactly.<EOS>", "It is irrational.<EOS><|im_end|>\n" } },
-	{ "abbreviations", "Dr. Smith met Mr. Jones at 5 p.m. today. They talked, e.g. about tea.",
-	  { "Dr. Smith met Mr. Jones at 5 p.m. today.<EOS>",
-	    "They talked, e.g. about tea.<EOS><|im_end|>\n" } },
-	{ "url", "See https://example.com/a.b?x=1&y=2.5 for details. Then stop.",
-	  { "See https://example.com/a.b?x=1&y=2.5 for details.<EOS>",
-	    "Then stop.<EOS><|im_end|>\n" } },
-	{ "email", "Mail bob.smith@mail.example.org now! Thanks.",
-	  { "Mail bob.smith@mail.example.org now!<EOS>", "Thanks.<EOS><|im_end|>\n" } },
-	{ "question", "A train leaves at 9. How far does it go? It goes fast.",
-	  { "A train leaves at 9.<EOS>", "How far does it go?<EOQ>",
-	    "It goes fast.<EOS><|im_end|>\n" } },
-	{ "question last", "Tom has 3 apples. How many does he have?",
-	  { "Tom has 3 apples.<EOS>", "How many does he have?<EOQ><|im_end|>\n" } },
-	{ "quotes", "He said \"Stop.\" Then he left. (It was late.) Fine.",
-	  { "He said \"Stop.\"<EOS>", "Then he left.<EOS>", "(It was late.)<EOS>",
-	    "Fine.<EOS><|im_end|>\n" } },
-	{ "newlines", "Title\n\nFirst line\nSecond line.",
-	  { "Title<EOS>", "First line<EOS>", "Second line.<EOS><|im_end|>\n" } },
-	{ "cjk", "今天很好。明天下雨！你来吗？好",
-	  { "今天很好。<EOS>", "明天下雨！<EOS>", "你来吗？<EOQ>", "好<EOS><|im_end|>\n" } },
-	{ "list", "Steps:\n1. Mix the flour. 2. Bake it.",
-	  { "Steps:<EOS>", "1. Mix the flour.<EOS>", "2. Bake it.<EOS><|im_end|>\n" } },
-	{ "ellipsis and clusters", "Wait... what?! Really.",
-	  { "Wait...<EOS>", "what?!<EOQ>", "Really.<EOS><|im_end|>\n" } },
-	{ "initials", "J. R. R. Tolkien wrote it. Yes.",
-	  { "J. R. R. Tolkien wrote it.<EOS>", "Yes.<EOS><|im_end|>\n" } },
-	{ "close mid sentence", "One. Two is not fin",
-	  { "One.<EOS>", "Two is not fin<EOS><|im_end|>\n" } },
-	{ "trailing space after the last", "One. Two.  \n ",
-	  { "One.<EOS>", "Two.<EOS><|im_end|>\n" } },
-	{ "empty", "", { "<|im_end|>\n" } },
+	{"abbreviation ending a sentence",
+	 "We met at 5 p.m. Then we left, etc. The answer is no. Done.",
+	 {"We met at 5 p.m.<EOS>", "Then we left, etc.<EOS>", "The answer is no.<EOS>",
+	  "Done.<EOS><|im_end|>\n"}},
+	{"decimal",
+	 "Pi is 3.14 exactly. It is irrational.",
+	 {"Pi is 3.14 exactly.<EOS>", "It is irrational.<EOS><|im_end|>\n"}},
+	{"abbreviations",
+	 "Dr. Smith met Mr. Jones at 5 p.m. today. They talked, e.g. about tea.",
+	 {"Dr. Smith met Mr. Jones at 5 p.m. today.<EOS>",
+	  "They talked, e.g. about tea.<EOS><|im_end|>\n"}},
+	{"url",
+	 "See https://example.com/a.b?x=1&y=2.5 for details. Then stop.",
+	 {"See https://example.com/a.b?x=1&y=2.5 for details.<EOS>",
+	  "Then stop.<EOS><|im_end|>\n"}},
+	{"email",
+	 "Mail bob.smith@mail.example.org now! Thanks.",
+	 {"Mail bob.smith@mail.example.org now!<EOS>", "Thanks.<EOS><|im_end|>\n"}},
+	{"question",
+	 "A train leaves at 9. How far does it go? It goes fast.",
+	 {"A train leaves at 9.<EOS>", "How far does it go?<EOQ>",
+	  "It goes fast.<EOS><|im_end|>\n"}},
+	{"question last",
+	 "Tom has 3 apples. How many does he have?",
+	 {"Tom has 3 apples.<EOS>", "How many does he have?<EOQ><|im_end|>\n"}},
+	{"quotes",
+	 "He said \"Stop.\" Then he left. (It was late.) Fine.",
+	 {"He said \"Stop.\"<EOS>", "Then he left.<EOS>", "(It was late.)<EOS>",
+	  "Fine.<EOS><|im_end|>\n"}},
+	{"newlines",
+	 "Title\n\nFirst line\nSecond line.",
+	 {"Title<EOS>", "First line<EOS>", "Second line.<EOS><|im_end|>\n"}},
+	{"cjk",
+	 "今天很好。明天下雨！你来吗？好",
+	 {"今天很好。<EOS>", "明天下雨！<EOS>", "你来吗？<EOQ>", "好<EOS><|im_end|>\n"}},
+	{"list",
+	 "Steps:\n1. Mix the flour. 2. Bake it.",
+	 {"Steps:<EOS>", "1. Mix the flour.<EOS>", "2. Bake it.<EOS><|im_end|>\n"}},
+	{"ellipsis and clusters",
+	 "Wait... what?! Really.",
+	 {"Wait...<EOS>", "what?!<EOQ>", "Really.<EOS><|im_end|>\n"}},
+	{"initials",
+	 "J. R. R. Tolkien wrote it. Yes.",
+	 {"J. R. R. Tolkien wrote it.<EOS>", "Yes.<EOS><|im_end|>\n"}},
+	{"close mid sentence",
+	 "One. Two is not fin",
+	 {"One.<EOS>", "Two is not fin<EOS><|im_end|>\n"}},
+	{"trailing space after the last", "One. Two.  \n ", {"One.<EOS>", "Two.<EOS><|im_end|>\n"}},
+	{"empty", "", {"<|im_end|>\n"}},
 };
 
 /* Every case, pushed at once, byte by byte and in 3-byte pieces (splitting UTF-8
@@ -175,10 +192,10 @@ static const struct tcase cases[] = {
 Test(segment, tricky_text_any_split, .timeout = 120)
 {
 	struct md_tok *tok = stream_tokenizer();
-	size_t steps[] = { 0, 1, 3 };
+	size_t steps[] = {0, 1, 3};
 	for (size_t c = 0; c < CM_ARRAY_LEN(cases); c++) {
 		for (size_t k = 0; k < CM_ARRAY_LEN(steps); k++) {
-			struct units u = { 0 };
+			struct units u = {0};
 			char what[96];
 			snprintf(what, sizeof(what), "%s (pieces of %zu)", cases[c].name, steps[k]);
 			segment(tok, cases[c].text, steps[k], &u);
@@ -195,14 +212,15 @@ Test(segment, units_arrive_when_the_next_sentence_starts, .timeout = 120)
 {
 	struct md_tok *tok = stream_tokenizer();
 	struct md_seg *s = seg_new(tok);
-	struct units u = { .tok = tok };
-	struct cm_err err = { 0 };
+	struct units u = {.tok = tok};
+	struct cm_err err = {0};
 	cr_assert_eq(md_seg_push(s, "", 0, on_unit, &u, &err), CM_OK);
 	cr_expect_eq(u.n, 1, "the instruction unit on the first push");
-	const char *pieces[] = { "The cost is 3", ".", "5 dollars", ".", " ", "\n", "Next" };
-	int want_n[] = { 1, 1, 1, 1, 1, 1, 2 };
+	const char *pieces[] = {"The cost is 3", ".", "5 dollars", ".", " ", "\n", "Next"};
+	int want_n[] = {1, 1, 1, 1, 1, 1, 2};
 	for (size_t i = 0; i < CM_ARRAY_LEN(pieces); i++) {
-		cr_assert_eq(md_seg_push(s, pieces[i], strlen(pieces[i]), on_unit, &u, &err), CM_OK);
+		cr_assert_eq(md_seg_push(s, pieces[i], strlen(pieces[i]), on_unit, &u, &err),
+			     CM_OK);
 		cr_expect_eq(u.n, want_n[i], "after '%s': %d units", pieces[i], u.n);
 	}
 	cr_expect_str_eq(u.text[1], "The cost is 3.5 dollars.<EOS>");
@@ -224,7 +242,7 @@ Test(segment, long_text_without_punctuation_is_cut, .timeout = 120)
 	for (int i = 0; i < 10000; i++)
 		text[i] = i % 6 == 5 ? ' ' : 'a' + i % 5;
 	text[10000] = 0;
-	struct units u = { 0 };
+	struct units u = {0};
 	segment(tok, text, 100, &u);
 	cr_expect_geq(u.n, 1 + 5);
 	size_t total = 0;
@@ -244,15 +262,15 @@ Test(segment, long_text_without_punctuation_is_cut, .timeout = 120)
 Test(segment, template_ids, .timeout = 120)
 {
 	struct md_tok *tok = stream_tokenizer();
-	struct cm_err err = { 0 };
+	struct cm_err err = {0};
 	struct md_seg_template t = md_seg_default_template();
 	for (int depth = 1; depth <= 3; depth++) {
 		t.depth = depth;
 		struct md_seg *s = md_seg_new(tok, &t, &err);
 		cr_assert_not_null(s, "%s", err.msg);
 		const struct md_seg_ids *d = md_seg_ids(s);
-		int32_t want[] = { 151669, 151670, 151671, 151672, 151673, 151674, 151675 };
-		int32_t got[] = { d->sep, d->eoq, d->eos, d->eot, d->eor, d->eoa, d->ignore };
+		int32_t want[] = {151669, 151670, 151671, 151672, 151673, 151674, 151675};
+		int32_t got[] = {d->sep, d->eoq, d->eos, d->eot, d->eor, d->eoa, d->ignore};
 		for (int i = 0; i < 7; i++)
 			cr_expect_eq(got[i], want[i]);
 		cr_expect_eq(d->think_end, 151668);
@@ -263,9 +281,9 @@ Test(segment, template_ids, .timeout = 120)
 			     CM_OK);
 		cr_expect_str_eq(txt, "<|im_start|>assistant\n<think>\n<SEP>");
 		free(txt);
-		cr_assert_eq(md_tok_decode(tok, d->connect_3, (size_t)d->n_connect_3, &txt, &len,
-					   &err),
-			     CM_OK);
+		cr_assert_eq(
+			md_tok_decode(tok, d->connect_3, (size_t)d->n_connect_3, &txt, &len, &err),
+			CM_OK);
 		cr_expect_str_eq(txt, "</think>\n\n");
 		free(txt);
 		if (depth == 1) {
@@ -315,14 +333,14 @@ Test(segment, template_file, .timeout = 120)
 	snprintf(path, sizeof(path), "%s/t.json", dir);
 	write_text(path, "{\"instruct\": \"<|im_start|>user\\nThink.\\n\", \"depth\": 3,"
 			 " \"connect_2\": [\"\", \"Go on.\", \"Check it.\"]}");
-	struct cm_err err = { 0 };
+	struct cm_err err = {0};
 	struct md_seg_template t;
 	cr_assert_eq(md_seg_template_load(path, &t, &err), CM_OK, "%s", err.msg);
 	cr_expect_eq(t.depth, 3);
 	cr_expect_str_eq(t.eos, "<EOS>", "unset keys keep their defaults");
 	struct md_seg *s = md_seg_new(tok, &t, &err);
 	cr_assert_not_null(s, "%s", err.msg);
-	struct units u = { .tok = tok };
+	struct units u = {.tok = tok};
 	cr_assert_eq(md_seg_push(s, "Hi. There", 9, on_unit, &u, &err), CM_OK);
 	cr_expect_str_eq(u.text[0], "<|im_start|>user\nThink.\n<SEP>");
 	const struct md_seg_ids *d = md_seg_ids(s);
@@ -336,8 +354,8 @@ Test(segment, template_file, .timeout = 120)
 	md_seg_free(s);
 	md_seg_template_fini(&t);
 
-	const char *bad[] = { "{\"colour\": \"red\"}", "{\"eos\": 3}", "{\"depth\": 7}",
-			      "{\"connect_2\": [\"a\"]}", "[1, 2]", "{not json" };
+	const char *bad[] = {"{\"colour\": \"red\"}",	 "{\"eos\": 3}", "{\"depth\": 7}",
+			     "{\"connect_2\": [\"a\"]}", "[1, 2]",	 "{not json"};
 	for (size_t i = 0; i < CM_ARRAY_LEN(bad); i++) {
 		write_text(path, bad[i]);
 		cr_expect_eq(md_seg_template_load(path, &t, &err), CM_EFORMAT, "%s", bad[i]);
@@ -360,12 +378,11 @@ Test(segment, bad_utf8, .timeout = 120)
 {
 	struct md_tok *tok = stream_tokenizer();
 	struct md_seg *s = seg_new(tok);
-	struct units u = { .tok = tok };
-	struct cm_err err = { 0 };
+	struct units u = {.tok = tok};
+	struct cm_err err = {0};
 	cr_expect_eq(md_seg_push(s, "ab\xff cd. ", 8, on_unit, &u, &err), CM_EUTF8);
 	cr_expect(strstr(err.msg, "byte 2"), "%s", err.msg);
-	cr_expect_eq(md_seg_push(s, "\xed\xa0\x80", 3, on_unit, &u, &err), CM_EUTF8,
-		     "a surrogate");
+	cr_expect_eq(md_seg_push(s, "\xed\xa0\x80", 3, on_unit, &u, &err), CM_EUTF8, "a surrogate");
 	cr_assert_eq(md_seg_push(s, "caf\xc3", 4, on_unit, &u, &err), CM_OK);
 	cr_assert_eq(md_seg_push(s, "\xa9. Ok", 5, on_unit, &u, &err), CM_OK);
 	cr_expect_eq(u.n, 2);

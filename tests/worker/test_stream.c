@@ -11,7 +11,7 @@
 
 #include <string.h>
 
-#define MAX_ROWS 256
+#define MAX_ROWS  256
 #define MAX_TRACE 2048
 
 struct env {
@@ -21,12 +21,12 @@ struct env {
 	struct wk_engine *e;
 	struct wk_engine_params ep;
 	struct md_tok *tok;
-	struct md_seg *seg;      /* for the template's ids */
+	struct md_seg *seg; /* for the template's ids */
 };
 
 static void env_open(struct env *v, int max_seqs)
 {
-	struct cm_err err = { 0 };
+	struct cm_err err = {0};
 	th_gen_model(v->dir, sizeof(v->dir), "tiny", 1, false);
 	struct kern_cpu_params kp = kern_cpu_default_params();
 	kp.bf16_activations = false;
@@ -98,7 +98,7 @@ static int run_ready(struct wk_engine *e, struct rec *r)
 	int steps = 0;
 	while (wk_engine_ready(e)) {
 		int n;
-		struct cm_err err = { 0 };
+		struct cm_err err = {0};
 		cr_assert_eq(wk_engine_step(e, ev, 64, &n, &err), CM_OK, "%s", err.msg);
 		for (int i = 0; i < n; i++) {
 			cr_assert_lt(r->n_ev, MAX_ROWS);
@@ -111,13 +111,13 @@ static int run_ready(struct wk_engine *e, struct rec *r)
 
 static void input(struct wk_engine *e, uint64_t id, const int32_t *ids, int n)
 {
-	struct cm_err err = { 0 };
+	struct cm_err err = {0};
 	cr_assert_eq(wk_engine_input(e, id, ids, n, &err), CM_OK, "%s", err.msg);
 }
 
 static void close_input(struct wk_engine *e, uint64_t id)
 {
-	struct cm_err err = { 0 };
+	struct cm_err err = {0};
 	cr_assert_eq(wk_engine_close_input(e, id, &err), CM_OK, "%s", err.msg);
 }
 
@@ -131,17 +131,20 @@ struct forced {
 static void forced_of_run(json_t *run, struct forced *f)
 {
 	memset(f, 0, sizeof(*f));
-	json_t *su = json_object_get(run, "source_units"), *tu = json_object_get(run, "target_units");
+	json_t *su = json_object_get(run, "source_units"),
+	       *tu = json_object_get(run, "target_units");
 	size_t i, j;
 	json_t *u, *x;
 	int n = 0;
-	json_array_foreach(su, i, u) {
+	json_array_foreach (su, i, u) {
 		f->src_len[f->n_src_units++] = (int32_t)json_array_size(u);
-		json_array_foreach(u, j, x) f->src[n++] = (int32_t)json_integer_value(x);
+		json_array_foreach (u, j, x)
+			f->src[n++] = (int32_t)json_integer_value(x);
 	}
-	json_array_foreach(tu, i, u) {
+	json_array_foreach (tu, i, u) {
 		f->tgt_len[f->n_tgt_units++] = (int32_t)json_array_size(u);
-		json_array_foreach(u, j, x) f->tgt[f->n_tgt++] = (int32_t)json_integer_value(x);
+		json_array_foreach (u, j, x)
+			f->tgt[f->n_tgt++] = (int32_t)json_integer_value(x);
 	}
 }
 
@@ -169,7 +172,7 @@ static struct wk_request forced_req(uint64_t id, enum wk_mode mode, const struct
 static void run_forced(struct env *v, enum wk_mode mode, const struct forced *f, int32_t phi,
 		       bool stepwise, struct rec *r)
 {
-	struct cm_err err = { 0 };
+	struct cm_err err = {0};
 	struct wk_request rq = forced_req(9, mode, f, phi, r);
 	cr_assert_eq(wk_engine_add(v->e, &rq, &err), CM_OK, "%s", err.msg);
 	wk_engine_set_trace(v->e, on_trace, r);
@@ -181,7 +184,7 @@ static void run_forced(struct env *v, enum wk_mode mode, const struct forced *f,
 			run_ready(v->e, r);
 	}
 	/* teacher forcing ends once the forced tokens are in: the request may be gone */
-	struct cm_err e2 = { 0 };
+	struct cm_err e2 = {0};
 	int rc = wk_engine_close_input(v->e, 9, &e2);
 	cr_assert(rc == CM_OK || rc == CM_ENOENT, "%s", e2.msg);
 	run_ready(v->e, r);
@@ -209,21 +212,21 @@ static float *rows_concat(const struct rec *r, int n)
  * all; reasoning is causal; positions 0..3 in both groups (phi + j). */
 Test(stream, toy_mask_matrix_and_group_positions, .timeout = 300)
 {
-	struct env v = { 0 };
+	struct env v = {0};
 	env_open(&v, 2);
-	int32_t phis[] = { 0, 7 };
+	int32_t phis[] = {0, 7};
 	for (int p = 0; p < 2; p++) {
 		for (int stepwise = 0; stepwise < 2; stepwise++) {
-			struct forced f = { .src = { 11, 12, 13, 14 },
-					    .n_src_units = 2,
-					    .src_len = { 2, 2 },
-					    .tgt = { 21, 22, 23, 24 },
-					    .n_tgt = 4,
-					    .n_tgt_units = 2,
-					    .tgt_len = { 2, 2 } };
-			struct rec r = { 0 };
+			struct forced f = {.src = {11, 12, 13, 14},
+					   .n_src_units = 2,
+					   .src_len = {2, 2},
+					   .tgt = {21, 22, 23, 24},
+					   .n_tgt = 4,
+					   .n_tgt_units = 2,
+					   .tgt_len = {2, 2}};
+			struct rec r = {0};
 			run_forced(&v, WK_MODE_STREAMING, &f, phis[p], stepwise, &r);
-			int want_src_vis[] = { 2, 4, 4, 4 };
+			int want_src_vis[] = {2, 4, 4, 4};
 			int seen_src = 0, seen_tgt = 0;
 			for (int i = 0; i < r.n_trace; i++) {
 				const struct wk_row_trace *t = &r.trace[i];
@@ -251,11 +254,11 @@ Test(stream, toy_mask_matrix_and_group_positions, .timeout = 300)
 				/* r0 goes with U1; r1, the boundary, only once U2 arrived */
 				int first_r1 = -1, first_s2 = -1;
 				for (int i = 0; i < r.n_trace; i++) {
-					if (r.trace[i].seg == WK_SEG_REASON && r.trace[i].index == 1 &&
-					    first_r1 < 0)
+					if (r.trace[i].seg == WK_SEG_REASON &&
+					    r.trace[i].index == 1 && first_r1 < 0)
 						first_r1 = i;
-					if (r.trace[i].seg == WK_SEG_SOURCE && r.trace[i].index == 2 &&
-					    first_s2 < 0)
+					if (r.trace[i].seg == WK_SEG_SOURCE &&
+					    r.trace[i].index == 2 && first_s2 < 0)
 						first_s2 = i;
 				}
 				cr_expect_gt(first_r1, first_s2);
@@ -264,10 +267,14 @@ Test(stream, toy_mask_matrix_and_group_positions, .timeout = 300)
 		}
 	}
 	/* batch mode: the same layout, every source token visible */
-	struct forced f = { .src = { 11, 12, 13, 14 }, .n_src_units = 2, .src_len = { 2, 2 },
-			    .tgt = { 21, 22, 23, 24 }, .n_tgt = 4, .n_tgt_units = 2,
-			    .tgt_len = { 2, 2 } };
-	struct rec r = { 0 };
+	struct forced f = {.src = {11, 12, 13, 14},
+			   .n_src_units = 2,
+			   .src_len = {2, 2},
+			   .tgt = {21, 22, 23, 24},
+			   .n_tgt = 4,
+			   .n_tgt_units = 2,
+			   .tgt_len = {2, 2}};
+	struct rec r = {0};
 	run_forced(&v, WK_MODE_BATCH, &f, 0, true, &r);
 	for (int i = 0; i < r.n_trace; i++)
 		if (r.trace[i].seg == WK_SEG_REASON)
@@ -284,9 +291,9 @@ Test(stream, fixture_logits_match_reference, .timeout = 300)
 {
 	json_t *fx = th_fixture("stream_tiny_s1.json");
 	json_t *runs = json_object_get(fx, "runs");
-	struct env v = { 0 };
+	struct env v = {0};
 	env_open(&v, 2);
-	const char *names[] = { "streaming", "one_unit" };
+	const char *names[] = {"streaming", "one_unit"};
 	double worst_all = 0;
 	for (int k = 0; k < 2; k++) {
 		json_t *run = json_object_get(runs, names[k]);
@@ -294,15 +301,15 @@ Test(stream, fixture_logits_match_reference, .timeout = 300)
 		forced_of_run(run, &f);
 		cr_assert_eq(json_integer_value(json_object_get(run, "phi")), 0);
 		for (int stepwise = 0; stepwise < 2; stepwise++) {
-			struct rec r = { 0 };
+			struct rec r = {0};
 			run_forced(&v, WK_MODE_STREAMING, &f, 0, stepwise, &r);
 			/* the visibility the fixture states */
 			json_t *vis = json_object_get(run, "visible_source");
 			for (int i = 0; i < r.n_trace; i++)
 				if (r.trace[i].seg == WK_SEG_REASON)
 					cr_expect_eq(r.trace[i].n_vis[WK_SEG_SOURCE],
-						     json_integer_value(
-							     json_array_get(vis, (size_t)r.trace[i].index)));
+						     json_integer_value(json_array_get(
+							     vis, (size_t)r.trace[i].index)));
 			float *all = rows_concat(&r, f.n_tgt);
 			char what[64];
 			snprintf(what, sizeof(what), "%s%s", names[k], stepwise ? " stepwise" : "");
@@ -315,7 +322,7 @@ Test(stream, fixture_logits_match_reference, .timeout = 300)
 	}
 	struct forced f;
 	forced_of_run(json_object_get(runs, "streaming"), &f);
-	struct rec r = { 0 };
+	struct rec r = {0};
 	run_forced(&v, WK_MODE_BATCH, &f, 0, true, &r);
 	float *all = rows_concat(&r, f.n_tgt);
 	worst_all = fmax(worst_all, fx_check_logits(json_object_get(runs, "one_unit"), all, r.vocab,
@@ -335,19 +342,19 @@ Test(stream, cli_generate_dumps_fixture_logits, .timeout = 300)
 	json_t *runs = json_object_get(fx, "runs");
 	char dir[1024];
 	th_gen_model(dir, sizeof(dir), "tiny", 1, false);
-	const char *names[] = { "streaming", "one_unit" };
+	const char *names[] = {"streaming", "one_unit"};
 	for (int k = 0; k < 2; k++) {
 		json_t *run = json_object_get(runs, names[k]);
 		char units[2][512];
-		const char *keys[] = { "source_units", "target_units" };
+		const char *keys[] = {"source_units", "target_units"};
 		for (int s = 0; s < 2; s++) {
 			char *p = units[s];
 			size_t i, j;
 			json_t *u, *x;
-			json_array_foreach(json_object_get(run, keys[s]), i, u) {
+			json_array_foreach (json_object_get(run, keys[s]), i, u) {
 				if (i)
 					*p++ = '|';
-				json_array_foreach(u, j, x)
+				json_array_foreach (u, j, x)
 					p += sprintf(p, j ? ",%lld" : "%lld",
 						     (long long)json_integer_value(x));
 			}
@@ -365,8 +372,8 @@ Test(stream, cli_generate_dumps_fixture_logits, .timeout = 300)
 		int n = (int)json_integer_value(json_object_get(run, "n_positions"));
 		size_t vocab = 151936;
 		float *all = malloc((size_t)n * vocab * sizeof(float));
-		cr_assert_eq(fread(all, sizeof(float), (size_t)n * vocab + 1, fp), (size_t)n * vocab,
-			     "the dump holds [n_target][vocab] floats");
+		cr_assert_eq(fread(all, sizeof(float), (size_t)n * vocab + 1, fp),
+			     (size_t)n * vocab, "the dump holds [n_target][vocab] floats");
 		fclose(fp);
 		double worst = fx_check_logits(run, all, (int)vocab, 1e-3, names[k]);
 		cr_log_info("cli stream fixture %s: max |d| %.2e", names[k], worst);
@@ -408,9 +415,9 @@ static struct wk_request gen_req(uint64_t id, enum wk_mode mode, const struct en
 static void units_of(const struct env *v, int32_t u[3][8], int n[3])
 {
 	const struct md_seg_ids *t = md_seg_ids(v->seg);
-	int32_t u0[] = { 151644, 872, 198, 3838, 374, t->sep };    /* instruction */
-	int32_t u1[] = { 3838, 374, 220, 16, 22, 30, t->eoq };      /* question */
-	int32_t u2[] = { 785, 3974, 13876, 38835, 13, t->eos };     /* a sentence */
+	int32_t u0[] = {151644, 872, 198, 3838, 374, t->sep}; /* instruction */
+	int32_t u1[] = {3838, 374, 220, 16, 22, 30, t->eoq};  /* question */
+	int32_t u2[] = {785, 3974, 13876, 38835, 13, t->eos}; /* a sentence */
 	memcpy(u[0], u0, sizeof(u0));
 	memcpy(u[1], u1, sizeof(u1));
 	memcpy(u[2], u2, sizeof(u2));
@@ -432,14 +439,14 @@ static bool is_boundary(const struct md_seg_ids *t, int32_t tok)
  * final - answer tokens, "</think>\n\n" forced, the answer, finish LENGTH. */
 Test(stream, state_machine_gaps_and_close_mid_unit, .timeout = 300)
 {
-	struct env v = { 0 };
+	struct env v = {0};
 	env_open(&v, 2);
 	const struct md_seg_ids *t = md_seg_ids(v.seg);
 	int32_t u[3][8];
 	int n[3];
 	units_of(&v, u, n);
-	struct rec r = { 0 };
-	struct cm_err err = { 0 };
+	struct rec r = {0};
+	struct cm_err err = {0};
 	struct wk_request rq = gen_req(5, WK_MODE_STREAMING, &v, 3, 6, 2, NULL);
 	cr_assert_eq(wk_engine_add(v.e, &rq, &err), CM_OK, "%s", err.msg);
 	wk_engine_set_trace(v.e, on_trace, &r);
@@ -547,13 +554,13 @@ Test(stream, state_machine_gaps_and_close_mid_unit, .timeout = 300)
  * ties the generation path's masks to the training mask of the fixture. */
 Test(stream, generation_matches_teacher_forced_replay, .timeout = 300)
 {
-	struct env v = { 0 };
+	struct env v = {0};
 	env_open(&v, 2);
 	int32_t u[3][8];
 	int n[3];
 	units_of(&v, u, n);
-	struct rec g = { 0 };
-	struct cm_err err = { 0 };
+	struct rec g = {0};
+	struct cm_err err = {0};
 	struct wk_request rq = gen_req(3, WK_MODE_STREAMING, &v, 4, 6, 2, &g);
 	cr_assert_eq(wk_engine_add(v.e, &rq, &err), CM_OK, "%s", err.msg);
 	wk_engine_set_trace(v.e, on_trace, &g);
@@ -578,7 +585,7 @@ Test(stream, generation_matches_teacher_forced_replay, .timeout = 300)
 		f.tgt[f.n_tgt++] = x->token;
 	}
 	const struct md_seg_ids *t = md_seg_ids(v.seg);
-	int unit_len[8] = { t->n_think_prefix };
+	int unit_len[8] = {t->n_think_prefix};
 	for (int i = 0; i < g.n_ev; i++)
 		if (g.ev[i].token >= 0 && g.ev[i].unit < 3)
 			unit_len[g.ev[i].unit]++;
@@ -594,7 +601,7 @@ Test(stream, generation_matches_teacher_forced_replay, .timeout = 300)
 		f.src_len[k] = n[k];
 	}
 	f.n_src_units = 3;
-	struct rec r = { 0 };
+	struct rec r = {0};
 	run_forced(&v, WK_MODE_STREAMING, &f, 0, false, &r);
 	int compared = 0;
 	for (int i = 0; i < f.n_tgt; i++) {
@@ -619,17 +626,17 @@ Test(stream, generation_matches_teacher_forced_replay, .timeout = 300)
  * tokens (when the model never samples a boundary: the random model). */
 Test(stream, batch_mode_writes_the_same_tokens, .timeout = 300)
 {
-	struct env v = { 0 };
+	struct env v = {0};
 	env_open(&v, 2);
 	int32_t u[3][8];
 	int n[3];
 	units_of(&v, u, n);
-	int total[2] = { 0 }, first_thought_step[2] = { -1, -1 };
+	int total[2] = {0}, first_thought_step[2] = {-1, -1};
 	for (int mode = 0; mode < 2; mode++) {
-		struct rec r = { 0 };
-		struct cm_err err = { 0 };
-		struct wk_request rq = gen_req(4, mode ? WK_MODE_BATCH : WK_MODE_STREAMING, &v, 5, 8,
-					       3, NULL);
+		struct rec r = {0};
+		struct cm_err err = {0};
+		struct wk_request rq =
+			gen_req(4, mode ? WK_MODE_BATCH : WK_MODE_STREAMING, &v, 5, 8, 3, NULL);
 		cr_assert_eq(wk_engine_add(v.e, &rq, &err), CM_OK, "%s", err.msg);
 		for (int k = 0; k < 3; k++) {
 			input(v.e, 4, u[k], n[k]);
@@ -654,24 +661,27 @@ Test(stream, batch_mode_writes_the_same_tokens, .timeout = 300)
 /* A sequence waiting for input holds no compute while a generate request runs. */
 Test(stream, waiting_sequence_holds_no_compute, .timeout = 300)
 {
-	struct env v = { 0 };
+	struct env v = {0};
 	env_open(&v, 2);
 	int32_t u[3][8];
 	int n[3];
 	units_of(&v, u, n);
-	struct cm_err err = { 0 };
+	struct cm_err err = {0};
 	struct wk_request s = gen_req(1, WK_MODE_STREAMING, &v, 4, 4, 1, NULL);
 	cr_assert_eq(wk_engine_add(v.e, &s, &err), CM_OK, "%s", err.msg);
 	input(v.e, 1, u[0], n[0]);
 	input(v.e, 1, u[1], n[1]);
-	struct rec r = { 0 };
+	struct rec r = {0};
 	run_ready(v.e, &r);
 	cr_assert_geq(r.n_ev, 1, "unit 1 reasoned on");
-	int32_t prompt[] = { 785, 3974, 13876 };
-	struct wk_request g = { .id = 2, .prompt = prompt, .n_prompt = 3, .max_tokens = 5,
-				.sample = wk_sample_default_params() };
+	int32_t prompt[] = {785, 3974, 13876};
+	struct wk_request g = {.id = 2,
+			       .prompt = prompt,
+			       .n_prompt = 3,
+			       .max_tokens = 5,
+			       .sample = wk_sample_default_params()};
 	cr_assert_eq(wk_engine_add(v.e, &g, &err), CM_OK, "%s", err.msg);
-	struct rec r2 = { 0 };
+	struct rec r2 = {0};
 	wk_engine_set_trace(v.e, on_trace, &r2);
 	run_ready(v.e, &r2);
 	cr_expect(wk_engine_busy(v.e), "the streaming request still waits");
@@ -703,10 +713,10 @@ Test(stream, waiting_sequence_holds_no_compute, .timeout = 300)
 /* Bad calls are error returns with a message, and change nothing. */
 Test(stream, bad_calls, .timeout = 300)
 {
-	struct env v = { 0 };
+	struct env v = {0};
 	env_open(&v, 2);
-	struct cm_err err = { 0 };
-	int32_t unit[] = { 1, 2, 3 }, big[] = { 1, 151936 };
+	struct cm_err err = {0};
+	int32_t unit[] = {1, 2, 3}, big[] = {1, 151936};
 	cr_expect_eq(wk_engine_input(v.e, 77, unit, 3, &err), CM_ENOENT);
 	cr_expect_eq(wk_engine_close_input(v.e, 77, &err), CM_ENOENT);
 
@@ -719,7 +729,7 @@ Test(stream, bad_calls, .timeout = 300)
 	q = gen_req(1, WK_MODE_STREAMING, &v, 4, 4, 1, NULL);
 	q.phi = -1;
 	cr_expect_eq(wk_engine_add(v.e, &q, &err), CM_EINVAL);
-	int32_t tgt[] = { 5, 6, 7 }, lens[] = { 1, 1 };
+	int32_t tgt[] = {5, 6, 7}, lens[] = {1, 1};
 	q = gen_req(1, WK_MODE_STREAMING, &v, 4, 4, 1, NULL);
 	q.prompt = tgt;
 	q.n_prompt = 3;
@@ -739,15 +749,53 @@ Test(stream, bad_calls, .timeout = 300)
 	cr_expect_eq(wk_engine_input(v.e, 1, unit, 3, &err), CM_EINVAL);
 	cr_expect(strstr(err.msg, "close"), "%s", err.msg);
 
-	int32_t prompt[] = { 1, 2 };
-	struct wk_request g = { .id = 2, .prompt = prompt, .n_prompt = 2, .max_tokens = 1,
-				.sample = wk_sample_default_params() };
+	int32_t prompt[] = {1, 2};
+	struct wk_request g = {.id = 2,
+			       .prompt = prompt,
+			       .n_prompt = 2,
+			       .max_tokens = 1,
+			       .sample = wk_sample_default_params()};
 	cr_assert_eq(wk_engine_add(v.e, &g, &err), CM_OK);
 	cr_expect_eq(wk_engine_input(v.e, 2, unit, 3, &err), CM_EINVAL);
 	cr_expect_eq(wk_engine_close_input(v.e, 2, &err), CM_EINVAL);
 	/* a request closed with no input at all still finishes */
-	struct rec r = { 0 };
+	struct rec r = {0};
 	run_ready(v.e, &r);
 	cr_expect(!wk_engine_busy(v.e));
+	env_close(&v);
+}
+
+/* A pool too small for the budgets: the source takes blocks from the request's
+ * own reasoning reservation, the reasoning then ends with CONTEXT, and input that
+ * cannot fit at all is CM_ERANGE; nothing stalls. */
+Test(stream, small_pool_ends_with_context, .timeout = 300)
+{
+	struct env v = {0};
+	env_open(&v, 1);
+	wk_engine_free(v.e);
+	struct cm_err err = {0};
+	v.ep.kv_tokens = 64; /* 4 blocks of 16 */
+	v.e = wk_engine_new(v.m, &v.ep, &err);
+	cr_assert_not_null(v.e, "%s", err.msg);
+	int32_t u[3][8];
+	int n[3];
+	units_of(&v, u, n);
+	struct wk_request q = gen_req(1, WK_MODE_STREAMING, &v, 8, 8, 2, NULL);
+	cr_assert_eq(wk_engine_add(v.e, &q, &err), CM_OK, "%s", err.msg);
+	struct rec r = {0};
+	run_ready(v.e, &r); /* admitted: reserves the whole pool for its reasoning */
+	input(v.e, 1, u[0], n[0]);
+	input(v.e, 1, u[1], n[1]);
+	input(v.e, 1, u[2], n[2]);
+	int32_t big[40] = {0};
+	cr_expect_eq(wk_engine_input(v.e, 1, big, 40, &err), CM_ERANGE);
+	close_input(v.e, 1);
+	run_ready(v.e, &r);
+	cr_expect(!wk_engine_busy(v.e));
+	cr_assert_geq(r.n_ev, 1);
+	cr_expect_eq(r.ev[r.n_ev - 1].finish, WK_FINISH_CONTEXT);
+	struct wk_engine_stats st;
+	wk_engine_stats(v.e, &st);
+	cr_expect_eq(st.kv_blocks_used, 0);
 	env_close(&v);
 }

@@ -799,3 +799,41 @@ Test(stream, small_pool_ends_with_context, .timeout = 300)
 	cr_expect_eq(st.kv_blocks_used, 0);
 	env_close(&v);
 }
+
+/* `tandem bench streaming --json` runs both modes on a bundled workload: the
+ * same tokens written, batch mode waits for all input, every phase driven by the
+ * budgets on the random model. (Times and arrival counts are not asserted.) */
+Test(stream, cli_bench_streaming_json, .timeout = 300)
+{
+	char dir[1024], out[1200], cmd[4096];
+	th_gen_model(dir, sizeof(dir), "tiny", 1, false);
+	snprintf(out, sizeof(out), "%s/bench.json", dir);
+	snprintf(cmd, sizeof(cmd),
+		 "'%s' bench streaming --model '%s' --input '%s/../../bench/streaming/"
+		 "word_problem.txt' --read-rate 2000 --unit-budget 4 --final-budget 8 --threads 1 "
+		 "--json > '%s'",
+		 getenv("TANDEM_BIN"), dir, getenv("TANDEM_TEST_DATA"), out);
+	cr_assert_eq(th_sh(cmd), 0, "%s", cmd);
+	json_error_t je;
+	json_t *j = json_load_file(out, 0, &je);
+	cr_assert_not_null(j, "%s", je.text);
+	cr_expect_eq(json_integer_value(json_object_get(j, "unit_budget")), 4);
+	json_t *w = json_array_get(json_object_get(j, "workloads"), 0);
+	cr_assert_not_null(w);
+	json_t *s = json_object_get(w, "streaming"), *b = json_object_get(w, "batch");
+	int64_t units = json_integer_value(json_object_get(w, "units"));
+	int64_t input = json_integer_value(json_object_get(w, "input_tokens"));
+	cr_expect_gt(units, 3);
+	cr_expect_eq(json_integer_value(json_object_get(s, "tokens")), units * 4 + 8);
+	cr_expect_eq(json_integer_value(json_object_get(b, "tokens")), units * 4 + 8);
+	cr_expect_eq(json_integer_value(json_object_get(b, "tokens_waited")), input);
+	/* how many arrived before the first thought depends on the machine's speed */
+	cr_expect_leq(json_integer_value(json_object_get(s, "tokens_waited")), input);
+	cr_expect_eq(json_integer_value(json_object_get(s, "answer_tokens")), 2);
+	cr_expect_eq(json_integer_value(json_object_get(s, "sampled_boundaries")), 0);
+	cr_expect(json_is_real(
+		json_object_get(json_object_get(w, "reductions"), "final_answer_time")));
+	cr_expect(strstr(json_string_value(json_object_get(j, "phases")), "budgets drove"));
+	json_decref(j);
+	th_rmdir(dir);
+}

@@ -19,9 +19,8 @@ size_t kern_mat_row_bytes(const struct kern_mat *m)
 {
 	if (m->dtype != KERN_Q8_0)
 		return (size_t)m->cols * kern_dtype_size(m->dtype);
-	size_t blocks = (size_t)m->cols / KERN_Q8_BLOCK;
-	size_t raw = blocks * (KERN_Q8_BLOCK + sizeof(uint16_t));
-	return (raw + 63) / 64 * 64;
+	size_t scales = ((size_t)m->cols / KERN_Q8_BLOCK * sizeof(uint16_t) + 63) / 64 * 64;
+	return (scales + (size_t)m->cols + 63) / 64 * 64;
 }
 
 size_t kern_mat_bytes(const struct kern_mat *m)
@@ -84,7 +83,26 @@ void kern_matmul(struct kern_backend *be, const struct kern_mat *w, const float 
 	kern_check_mat(w);
 	if (n <= 0)
 		return;
-	be->iface->matmul(be, w, x, n, y);
+	be->iface->matmul(be, 1, &w, x, n, &y);
+}
+
+void kern_matmul_n(struct kern_backend *be, int n_w, const struct kern_mat *const *w,
+		   const float *x, int32_t n, float *const *y)
+{
+	CM_ASSERT(n_w >= 1 && n_w <= KERN_MATMUL_MAX);
+	bool alike = true;
+	for (int i = 0; i < n_w; i++) {
+		kern_check_mat(w[i]);
+		alike = alike && w[i]->cols == w[0]->cols && w[i]->dtype == w[0]->dtype;
+	}
+	if (n <= 0)
+		return;
+	if (!alike) { /* a model may mix weight types: one call each */
+		for (int i = 0; i < n_w; i++)
+			be->iface->matmul(be, 1, &w[i], x, n, &y[i]);
+		return;
+	}
+	be->iface->matmul(be, n_w, w, x, n, y);
 }
 
 void kern_rmsnorm(struct kern_backend *be, const float *x, const float *weight, float eps,

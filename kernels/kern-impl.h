@@ -15,8 +15,8 @@ struct kern_backend_iface {
 	void *(*alloc)(struct kern_backend *be, size_t bytes);
 	void (*dealloc)(struct kern_backend *be, void *p);
 
-	void (*matmul)(struct kern_backend *be, const struct kern_mat *w, const float *x, int32_t n,
-		       float *y);
+	void (*matmul)(struct kern_backend *be, int n_w, const struct kern_mat *const *w,
+		       const float *x, int32_t n, float *const *y);
 	void (*rmsnorm)(struct kern_backend *be, const float *x, const float *weight, float eps,
 			int32_t n, int32_t d, float *y);
 	void (*rope)(struct kern_backend *be, float *x, int32_t n, int32_t n_head, int32_t head_dim,

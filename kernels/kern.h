@@ -48,11 +48,12 @@ struct kern_mat {
 };
 
 /* KERN_Q8_0: each run of 32 weights of a row (a block) is q[i] * d, q in
- * [-127, 127], d = max|w| / 127 stored as f16. A row holds its cols / 32 blocks
- * in groups of 16 (the last group may be shorter): a group's bytes interleaved so
- * that one 64-byte load gives 4 consecutive weights of each of its 16 blocks (the
- * layout of an int8 dot-product instruction), stored as q + 128; then the row's
- * scales; rows padded to 64 bytes. cols must be a multiple of 32. */
+ * [-127, 127], d = max|w| / 127 stored as f16. A row holds its cols / 32 scales
+ * (padded to 64 bytes), then its blocks in groups of 16 (the last group may be
+ * shorter): a group's bytes interleaved so that one 64-byte load gives 4
+ * consecutive weights of each of its 16 blocks (the layout of an int8 dot-product
+ * instruction), stored as q + 128; rows padded to 64 bytes, so a row is read in
+ * address order. cols must be a multiple of 32. */
 #define KERN_Q8_BLOCK 32
 
 /* Bytes of one row of m, padding included. */
@@ -116,12 +117,12 @@ enum kern_peak {
 	KERN_PEAK_INT8,    /* int8 dot products (vpdpbusd) */
 };
 
-/* Reads buf[0..bytes) once with vector loads, split in contiguous shares over the
- * backend's threads; returns 10^9 bytes per second. buf: a kern_alloc buffer. */
+/* Reads buf[0..bytes) once with vector loads, the backend's threads taking 2 MiB
+ * chunks in turn; returns 10^9 bytes per second. buf: a kern_alloc buffer. */
 double kern_bench_read(struct kern_backend *be, const void *buf, size_t bytes);
 /* Runs independent multiply-adds of one kind on every backend thread for about
- * seconds; returns 10^9 operations per second (a multiply-add counts 2), or 0
- * when the backend's ISA lacks the instruction. */
+ * seconds; returns 10^9 operations per second done by them all (a multiply-add
+ * counts 2), or 0 when the backend's ISA lacks the instruction. */
 double kern_bench_peak(struct kern_backend *be, enum kern_peak which, double seconds);
 
 /* ---- ops ---------------------------------------------------------------
@@ -133,6 +134,15 @@ double kern_bench_peak(struct kern_backend *be, enum kern_peak which, double sec
  * block dot products are exact int32 sums, scaled and added in f32. */
 void kern_matmul(struct kern_backend *be, const struct kern_mat *w, const float *x, int32_t n,
 		 float *y);
+
+#define KERN_MATMUL_MAX 4
+
+/* y[i] = x . W[i]^T for the n_w <= KERN_MATMUL_MAX matrices w[i] (the same cols),
+ * as one operation when they also share a dtype: x is prepared once and the rows
+ * of all the matrices are split over the threads together (q/k/v, gate/up). The
+ * results are those of n_w kern_matmul calls, bit for bit. */
+void kern_matmul_n(struct kern_backend *be, int n_w, const struct kern_mat *const *w,
+		   const float *x, int32_t n, float *const *y);
 
 /* y[n][d] = x / sqrt(mean(x^2) + eps) * weight; y may equal x. */
 void kern_rmsnorm(struct kern_backend *be, const float *x, const float *weight, float eps,
@@ -169,8 +179,10 @@ int32_t kern_topk(struct kern_backend *be, const float *x, int32_t n, int32_t k,
 
 /* ---- paged KV and attention --------------------------------------------- */
 
-/* The KV pool of one layer: [n_blocks][block_size][n_kv_head][head_dim] for K and
- * for V, in kv_dtype (F32 or F16). Block ids index it. */
+/* The KV pool of one layer: [n_blocks][n_kv_head][block_size][head_dim] for K and
+ * for V, in kv_dtype (F32 or F16): within a block, each KV head's rows are
+ * consecutive, so attention reads a head's keys as one stream. Block ids index
+ * it. */
 struct kern_kv_layer {
 	void *k;
 	void *v;

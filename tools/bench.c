@@ -233,6 +233,10 @@ static int bench_measure(struct bench *b, struct wk_model *m, bool prefill, int3
 			continue;
 		bench_limit_point(b, kind, reads, &n_reads);
 		v[r] = (prefill ? (double)P : (double)toks) / CM_MAX(secs, 1e-9);
+		int per = prefill ? 1 : BENCH_READ_PASSES;
+		CM_LOG_INFO("bench %s x%d run %d: %.2f tok/s; limit before %.1f, after %.1f (%s)",
+			    prefill ? "prefill" : "decode", n, r, v[r], reads[n_reads - 2 * per],
+			    reads[n_reads - 1], prefill ? "GFLOP/s" : "GB/s");
 	}
 	out->tok_s = median(v, runs);
 	out->limit = median(reads, n_reads);
@@ -369,7 +373,11 @@ static void bench_print(const struct bench *b, const char *weights, bool bf16)
 {
 	const struct tandem_opts *o = b->o;
 	const struct bench_view w = bench_view_of(b, bf16);
-	const char *act = bf16 ? "bf16" : "f32", *alt = bf16 ? "f32" : "bf16";
+	const bool q8 = b->m->lm_head.dtype == KERN_Q8_0;
+	const char *act = q8 ? "int8" : bf16 ? "bf16" : "f32", *alt = bf16 ? "f32" : "bf16";
+	char quoted[32] = "-";
+	if (w.pre_roof_q > 0)
+		snprintf(quoted, sizeof(quoted), "%.3f", frac(b->prefill.tok_s, w.pre_roof_q));
 	printf("tandem bench engine: %s, %s, weights %s (%.3f GB read per token)\n", o->model,
 	       kern_backend_name(b->be), weights, b->bytes_tok * 1e-9);
 	printf("machine: read %.1f GB/s (median around the decode runs; all passes %.1f..%.1f), "
@@ -377,9 +385,9 @@ static void bench_print(const struct bench *b, const char *weights, bool bf16)
 	       b->decode.limit, b->read_min, b->read_max, b->bf16_gflops, b->f32_gflops,
 	       b->int8_gops);
 	printf("%-32s %9s %10s %7s %14s\n", "", "tok/s", "roofline", "frac", "frac(quoted)");
-	printf("prefill %-5lld (%-4s activations)  %9.1f %10.1f %7.3f %14.3f\n",
+	printf("prefill %-5lld (%-4s activations)  %9.1f %10.1f %7.3f %14s\n",
 	       (long long)o->prompt_tokens, act, b->prefill.tok_s, w.pre_roof,
-	       frac(b->prefill.tok_s, w.pre_roof), frac(b->prefill.tok_s, w.pre_roof_q));
+	       frac(b->prefill.tok_s, w.pre_roof), quoted);
 	if (b->be_alt)
 		printf("prefill %-5lld (%-4s activations)  %9.1f %10.1f %7.3f %14.3f\n",
 		       (long long)o->prompt_tokens, alt, b->prefill_alt.tok_s, w.alt_roof,
@@ -397,6 +405,12 @@ static void set_real(json_t *j, const char *key, double v)
 	json_object_set_new(j, key, json_real(v));
 }
 
+/* A fraction of a quoted ceiling, or null where the issue quotes none (int8). */
+static void set_quoted(json_t *j, const char *key, double v, double ceiling)
+{
+	json_object_set_new(j, key, ceiling > 0 ? json_real(v / ceiling) : json_null());
+}
+
 static json_t *bench_json(const struct bench *b, const char *weights, bool bf16)
 {
 	const struct tandem_opts *o = b->o;
@@ -407,7 +421,10 @@ static json_t *bench_json(const struct bench *b, const char *weights, bool bf16)
 	json_object_set_new(j, "backend", json_string(kern_backend_name(b->be)));
 	json_object_set_new(j, "threads", json_integer(kern_backend_threads(b->be)));
 	json_object_set_new(j, "weights", json_string(weights));
-	json_object_set_new(j, "activations", json_string(bf16 ? "bf16" : "f32"));
+	json_object_set_new(j, "activations",
+			    json_string(b->m->lm_head.dtype == KERN_Q8_0 ? "int8"
+					: bf16				  ? "bf16"
+									  : "f32"));
 	json_object_set_new(j, "prompt_tokens", json_integer(o->prompt_tokens));
 	json_object_set_new(j, "gen_tokens", json_integer(o->gen_tokens));
 	json_object_set_new(j, "batch", json_integer(o->batch));
@@ -423,7 +440,7 @@ static json_t *bench_json(const struct bench *b, const char *weights, bool bf16)
 	set_real(j, "prefill_tok_s", b->prefill.tok_s);
 	set_real(j, "prefill_roofline_tok_s", w.pre_roof);
 	set_real(j, "prefill_roofline_frac", frac(b->prefill.tok_s, w.pre_roof));
-	set_real(j, "prefill_roofline_frac_quoted", frac(b->prefill.tok_s, w.pre_roof_q));
+	set_quoted(j, "prefill_roofline_frac_quoted", b->prefill.tok_s, w.pre_roof_q);
 	if (b->be_alt) {
 		const char *k = bf16 ? "prefill_f32act" : "prefill_bf16act";
 		char key[64];
@@ -432,7 +449,7 @@ static json_t *bench_json(const struct bench *b, const char *weights, bool bf16)
 		snprintf(key, sizeof(key), "%s_roofline_frac", k);
 		set_real(j, key, frac(b->prefill_alt.tok_s, w.alt_roof));
 		snprintf(key, sizeof(key), "%s_roofline_frac_quoted", k);
-		set_real(j, key, frac(b->prefill_alt.tok_s, w.alt_roof_q));
+		set_quoted(j, key, b->prefill_alt.tok_s, w.alt_roof_q);
 	}
 	set_real(j, "decode_tok_s", b->decode.tok_s);
 	set_real(j, "decode_roofline_tok_s", w.dec_roof);

@@ -54,10 +54,11 @@ static void attention_block(const struct wk_model *m, int l, struct wk_kv *kv,
 	struct kern_backend *be = m->be;
 	int32_t n = b->n, hd = c->head_dim;
 
+	const struct kern_mat *qkv[] = { &ly->wq, &ly->wk, &ly->wv };
+	float *qkv_out[] = { s->q, s->k, s->v };
+
 	kern_rmsnorm(be, s->x, ly->attn_norm, (float)c->rms_eps, n, c->hidden, s->xn);
-	kern_matmul(be, &ly->wq, s->xn, n, s->q);
-	kern_matmul(be, &ly->wk, s->xn, n, s->k);
-	kern_matmul(be, &ly->wv, s->xn, n, s->v);
+	kern_matmul_n(be, 3, qkv, s->xn, n, qkv_out); /* one pass: docs/performance.md */
 	if (ly->bq) {
 		add_bias(be, s->q, ly->bq, n, c->n_head * hd);
 		add_bias(be, s->k, ly->bk, n, c->n_kv_head * hd);
@@ -91,9 +92,11 @@ static void mlp_block(const struct wk_model *m, int l, struct wk_scratch *s, int
 	const struct wk_layer *ly = &m->layers[l];
 	struct kern_backend *be = m->be;
 
+	const struct kern_mat *gate_up[] = { &ly->w_gate, &ly->w_up };
+	float *gate_up_out[] = { s->gate, s->up };
+
 	kern_rmsnorm(be, s->x, ly->mlp_norm, (float)c->rms_eps, n, c->hidden, s->xn);
-	kern_matmul(be, &ly->w_gate, s->xn, n, s->gate);
-	kern_matmul(be, &ly->w_up, s->xn, n, s->up);
+	kern_matmul_n(be, 2, gate_up, s->xn, n, gate_up_out);
 	kern_swiglu(be, s->gate, s->up, n, c->intermediate, s->gate);
 	kern_matmul(be, &ly->w_down, s->gate, n, s->tmp);
 	kern_add(be, s->x, s->tmp, n, c->hidden);

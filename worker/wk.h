@@ -127,6 +127,10 @@ enum wk_mode {
 				* the streaming mask), then the final phase after close */
 	WK_MODE_BATCH,         /* the baseline: wait for close, prefill all source, reason,
 				* answer; same segments and positions as streaming */
+	WK_MODE_ENCODE,        /* disaggregation, the encode worker's half: source units are
+				* prefilled into the source segment (no reasoning, no LM
+				* head, no events but the finish on abort) and kept until the
+				* request is aborted; wk_engine_export_source reads them */
 };
 
 /* Which kind of output a token is. */
@@ -183,6 +187,9 @@ struct wk_request {
 	struct wk_sample_params sample;
 	bool prompt_logits;          /* report the logits of every prompt position
 				      * (streaming: of every forced reasoning token) */
+	bool remote_source;          /* streaming / batch: the source KV is computed by an
+				      * encode worker and arrives with wk_engine_input_kv;
+				      * wk_engine_input is refused */
 	wk_logits_fn on_logits;      /* optional */
 	void *ud;
 };
@@ -221,6 +228,42 @@ int wk_engine_input(struct wk_engine *e, uint64_t req_id, const int32_t *unit, i
  * unit's reasoning (a close in the middle of a unit lets that unit finish). Closing
  * twice is harmless. CM_ENOENT when unknown, CM_EINVAL in generate mode. */
 int wk_engine_close_input(struct wk_engine *e, uint64_t req_id, struct cm_err *err);
+
+/* ---- disaggregation (docs/engine.md; algorithms.md §6.1) ----------------
+ * An encode worker runs a request in WK_MODE_ENCODE: its units are prefilled
+ * into the source segment. After each step, wk_engine_source_encoded tells how
+ * many source tokens have their KV written, and wk_engine_export_source copies
+ * the KV of a range of them into a flat buffer (wk_engine_kv_bytes). The decode
+ * worker runs the same request in WK_MODE_STREAMING (or BATCH) with
+ * remote_source set and appends each unit with wk_engine_input_kv: ids,
+ * positions and KV bytes as exported. The reasoning is then exactly the one a
+ * single engine computes (the kernels are batch-invariant).
+ *
+ * Flat KV layout of n tokens: [n_layer][2: K then V][n][n_kv_head][head_dim]
+ * in the engine's kv_dtype; both engines must have the same model shape and
+ * kv_dtype (the KV link checks). */
+
+/* Bytes of the flat KV of n tokens. */
+size_t wk_engine_kv_bytes(const struct wk_engine *e, int32_t n);
+
+/* Source tokens of req_id whose KV is written (any mode with a source
+ * segment), or CM_ENOENT when req_id is unknown, finished or in generate mode. */
+int32_t wk_engine_source_encoded(const struct wk_engine *e, uint64_t req_id);
+
+/* Copies the KV of source tokens [from, from + n) of req_id into kv
+ * (wk_engine_kv_bytes(e, n) bytes) and their positions into pos[n]. Errors:
+ * CM_ENOENT (unknown request), CM_ERANGE (tokens not encoded yet). */
+int wk_engine_export_source(const struct wk_engine *e, uint64_t req_id, int32_t from, int32_t n,
+			    void *kv, int32_t *pos, struct cm_err *err);
+
+/* Appends one source unit computed elsewhere to a remote_source request: its
+ * ids (as the segmenter cut them), positions and flat KV. Like
+ * wk_engine_input followed by its prefill. Errors: CM_ENOENT, CM_EINVAL (not
+ * remote_source, closed input, bad ids or positions), CM_ERANGE (context
+ * full), CM_EFULL (no free KV blocks now: nothing changed; retry after steps
+ * free some, which is how a decode worker pushes back on its encode worker). */
+int wk_engine_input_kv(struct wk_engine *e, uint64_t req_id, const int32_t *unit, int32_t n,
+		       const int32_t *pos, const void *kv, struct cm_err *err);
 
 /* Aborts a queued or running request; its KV blocks are freed and a finish event
  * (ABORT) is reported by the next step. CM_ENOENT when unknown. */

@@ -106,6 +106,8 @@ double kern__avx512bf16_bench(int64_t iters);
 #define KERN_Q8_R64(n)	  (((size_t)(n) + 63) / 64 * 64)
 #define KERN_Q8_XD(cols)  KERN_Q8_R64(cols)
 #define KERN_Q8_XC(cols)  (KERN_Q8_XD(cols) + KERN_Q8_R64((size_t)(cols) / KERN_Q8_BLOCK * 4))
+/* Offset of the int8 values in a weight row (after its f16 scales). */
+#define KERN_Q8_WQ(cols)  KERN_Q8_R64((size_t)(cols) / KERN_Q8_BLOCK * 2)
 
 /* Byte offset of weight e of block j of a row (either operand's layout). */
 static inline size_t kern__q8_at(int32_t cols, int32_t j, int32_t e)
@@ -161,11 +163,12 @@ static inline int32_t kern__attn_nvis(const struct kern_attn_params *p, int32_t 
 	return nv < 0 ? 0 : nv > nt ? nt : nv;
 }
 
-/* Byte offset of (slot, kv head) in a KV pool array. */
+/* Byte offset of (slot, kv head) in a KV pool array (kern.h: [block][head][token]). */
 static inline size_t kern__kv_off(const struct kern_kv_layer *kv, size_t slot, int32_t kvh)
 {
-	return ((slot * (size_t)kv->n_kv_head + (size_t)kvh) * (size_t)kv->head_dim) *
-	       kern_dtype_size(kv->dtype);
+	const size_t bs = (size_t)kv->block_size;
+	const size_t row = (slot / bs * (size_t)kv->n_kv_head + (size_t)kvh) * bs + slot % bs;
+	return row * (size_t)kv->head_dim * kern_dtype_size(kv->dtype);
 }
 
 #endif

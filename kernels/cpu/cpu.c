@@ -19,10 +19,11 @@
 #include <cpuid.h>
 #endif
 
-#define CPU_PAR_MIN_WORK    16384	/* elements below which an op stays on the caller */
+#define CPU_PAR_MIN_WORK    32768	/* elements below which an op stays on the caller */
 #define CPU_SCRATCH_BYTES   (16u << 20) /* packed matmul activations; attention states */
 #define CPU_MM_GRAIN	    16		/* rows per matmul split unit */
-#define CPU_DYN_CHUNKS	    4		/* chunks per thread of a dynamic split */
+#define CPU_STEAL_MAX	    64		/* most threads of a work-stealing split */
+#define CPU_STEAL_PIECES    8		/* pieces a thread walks its own share in */
 #define CPU_ATTN_BATCH	    1		/* attention items a thread takes at a time */
 #define CPU_ATTN_QB	    16		/* most queries per attention item */
 #define CPU_ATTN_HEADS	    2		/* query heads per attention item, many queries */
@@ -158,52 +159,98 @@ static void cpu_parallel(struct kern_cpu *c, int32_t n, int32_t grain, int64_t w
 	cm_pool_run(c->pool, cpu_split_job, &s);
 }
 
-struct cpu_dyn {
+/* A work-stealing split: thread i owns the i-th contiguous share of [0, n) (as
+ * cpu_parallel gives it) and walks it front to back in pieces of about an eighth,
+ * so that without disturbance each thread streams its rows in one run, in address
+ * order; a thread that finishes early takes half of what is left of another
+ * thread's share, from its back end. So a thread slowed by anything (another
+ * process on its core, a busier memory channel) does less of the work instead of
+ * holding the others back. Each share is one word, front and back in units of
+ * grain, changed by compare-and-swap only. */
+struct cpu_steal {
 	cpu_range_fn fn;
 	void *ctx;
 	int32_t n;
-	int32_t chunk;
-	atomic_int next;
+	int32_t grain;
+	_Atomic uint64_t share[CPU_STEAL_MAX]; /* back << 32 | front */
 };
 
-static void cpu_dyn_job(void *arg, int ith, int nth)
+/* Takes units [*u0, *u1) off share w: up to want from the front, or (steal) half of
+ * what is left from the back. False when the share is empty. */
+static bool cpu_steal_take(_Atomic uint64_t *w, bool steal, uint32_t want, uint32_t *u0,
+			   uint32_t *u1)
 {
-	struct cpu_dyn *s = arg;
-	(void)ith;
-	(void)nth;
+	uint64_t v = atomic_load_explicit(w, memory_order_relaxed);
 	for (;;) {
-		int32_t i0 = atomic_fetch_add_explicit(&s->next, s->chunk, memory_order_relaxed);
-		if (i0 >= s->n)
-			return;
-		s->fn(s->ctx, i0, CM_MIN(i0 + s->chunk, s->n));
+		uint32_t f = (uint32_t)v, b = (uint32_t)(v >> 32);
+		if (f >= b)
+			return false;
+		uint32_t left = b - f, take = steal ? (left + 1) / 2 : CM_MIN(left, want);
+		uint64_t nv = steal ? ((uint64_t)(b - take) << 32 | f) : ((uint64_t)b << 32 | (f + take));
+		if (atomic_compare_exchange_weak_explicit(w, &v, nv, memory_order_relaxed,
+							  memory_order_relaxed)) {
+			*u0 = steal ? b - take : f;
+			*u1 = *u0 + take;
+			return true;
+		}
 	}
 }
 
-/* Like cpu_parallel, but the threads take chunks of [0, n) (multiples of grain,
- * about CPU_DYN_CHUNKS per thread) off a shared counter, so that a thread slowed
- * by anything (another process on its core, a busier memory channel) does less
- * of the work instead of holding the others at the end. */
-static void cpu_parallel_dyn(struct kern_cpu *c, int32_t n, int32_t grain, int64_t work,
-			     cpu_range_fn fn, void *ctx)
+static void cpu_steal_job(void *arg, int ith, int nth)
+{
+	struct cpu_steal *s = arg;
+	const uint32_t units = (uint32_t)((s->n + s->grain - 1) / s->grain);
+	const uint32_t piece = CM_MAX(1u, units / (uint32_t)nth / CPU_STEAL_PIECES);
+	uint32_t u0, u1;
+	for (int k = 0; k < nth; k++) {
+		int v = (ith + k) % nth; /* our own share first, then the others' */
+		while (cpu_steal_take(&s->share[v], k > 0, piece, &u0, &u1))
+			s->fn(s->ctx, (int32_t)(u0 * (uint32_t)s->grain),
+			      CM_MIN((int32_t)(u1 * (uint32_t)s->grain), s->n));
+	}
+}
+
+/* Like cpu_parallel (the same shares when no thread is disturbed), with stealing
+ * (struct cpu_steal). */
+static void cpu_parallel_steal(struct kern_cpu *c, int32_t n, int32_t grain, int64_t work,
+			       cpu_range_fn fn, void *ctx)
 {
 	const int nth = c->base.n_threads;
+	if (nth > CPU_STEAL_MAX) {
+		cpu_parallel(c, n, grain, work, fn, ctx);
+		return;
+	}
 	if (nth == 1 || n <= grain || work < CPU_PAR_MIN_WORK) {
 		fn(ctx, 0, n);
 		return;
 	}
-	int32_t chunk = (n + nth * CPU_DYN_CHUNKS - 1) / (nth * CPU_DYN_CHUNKS);
-	chunk = CM_MAX(grain, (chunk + grain - 1) / grain * grain);
-	struct cpu_dyn s = {.fn = fn, .ctx = ctx, .n = n, .chunk = chunk};
-	atomic_init(&s.next, 0);
-	cm_pool_run(c->pool, cpu_dyn_job, &s);
+	struct cpu_steal s = {.fn = fn, .ctx = ctx, .n = n, .grain = grain};
+	const uint64_t units = (uint64_t)((n + grain - 1) / grain);
+	for (int i = 0; i < nth; i++) {
+		uint64_t f = units * (uint64_t)i / (uint64_t)nth;
+		uint64_t b = units * (uint64_t)(i + 1) / (uint64_t)nth;
+		atomic_init(&s.share[i], b << 32 | f);
+	}
+	cm_pool_run(c->pool, cpu_steal_job, &s);
 }
 
 /* ---- matmul -------------------------------------------------------------- */
 
+/* One matrix of a (multi-)matmul: its rows are [r0, r0 + rows) of the job's. */
+struct cpu_mm_part {
+	const void *w;
+	int32_t rows;
+	int32_t r0;
+	float *y;  /* the whole output */
+	float *yc; /* the current token chunk's */
+};
+
 struct cpu_mm_job {
 	const struct kern_cpu_ops *ops;
 	const struct cpu_q8_fns *q8; /* KERN_Q8_0 weights, else NULL */
-	struct kern_mm m;
+	struct kern_mm m;	     /* what the matrices share: dtype, cols, tokens, x */
+	int n_w;
+	struct cpu_mm_part part[KERN_MATMUL_MAX];
 };
 
 static void cpu_mm_pack_range(void *arg, int32_t t0, int32_t t1)
@@ -215,28 +262,46 @@ static void cpu_mm_pack_range(void *arg, int32_t t0, int32_t t1)
 		j->ops->mm_pack(&j->m, t0, t1);
 }
 
+/* Rows [r0, r1) of the job, cut at the matrices' boundaries. */
 static void cpu_mm_rows_range(void *arg, int32_t r0, int32_t r1)
 {
 	struct cpu_mm_job *j = arg;
-	if (j->q8)
-		j->q8->rows(&j->m, r0, r1);
-	else
-		j->ops->mm_rows(&j->m, r0, r1);
+	for (int i = 0; i < j->n_w; i++) {
+		const struct cpu_mm_part *p = &j->part[i];
+		int32_t a = CM_MAX(r0, p->r0), b = CM_MIN(r1, p->r0 + p->rows);
+		if (a >= b)
+			continue;
+		struct kern_mm m = j->m;
+		m.w = p->w;
+		m.rows = p->rows;
+		m.y = p->yc;
+		if (j->q8)
+			j->q8->rows(&m, a - p->r0, b - p->r0);
+		else
+			j->ops->mm_rows(&m, a - p->r0, b - p->r0);
+	}
 }
 
 /* Packs the activations into the scratch (in token chunks when they do not fit),
- * then splits the weight rows across the threads; every thread sees every token. */
-static void cpu_matmul(struct kern_backend *be, const struct kern_mat *w, const float *x, int32_t n,
-		       float *y)
+ * then splits the weight rows (of all the matrices) across the threads; every
+ * thread sees every token. */
+static void cpu_matmul(struct kern_backend *be, int n_w, const struct kern_mat *const *w,
+		       const float *x, int32_t n, float *const *y)
 {
 	struct kern_cpu *c = cpu_of(be);
-	struct cpu_mm_job j = {.ops = c->ops};
-	j.m.dtype = w->dtype;
-	j.m.rows = w->rows;
-	j.m.cols = w->cols;
-	j.m.w = w->data;
-	j.m.bf16_act = c->bf16_act && w->dtype == KERN_BF16;
-	j.q8 = w->dtype == KERN_Q8_0 ? &c->q8 : NULL;
+	struct cpu_mm_job j = {.ops = c->ops, .n_w = n_w};
+	int32_t rows = 0;
+	for (int i = 0; i < n_w; i++) {
+		j.part[i] = (struct cpu_mm_part){
+			.w = w[i]->data, .rows = w[i]->rows, .r0 = rows, .y = y[i]};
+		rows += w[i]->rows;
+	}
+	const int32_t cols = w[0]->cols;
+	j.m.dtype = w[0]->dtype;
+	j.m.rows = w[0]->rows;
+	j.m.cols = cols;
+	j.m.bf16_act = c->bf16_act && j.m.dtype == KERN_BF16;
+	j.q8 = j.m.dtype == KERN_Q8_0 ? &c->q8 : NULL;
 	size_t stride = j.q8 ? kern__q8_pack_stride(&j.m) : c->ops->mm_pack_stride(&j.m);
 	int32_t chunk = n;
 	if (stride) {
@@ -250,12 +315,13 @@ static void cpu_matmul(struct kern_backend *be, const struct kern_mat *w, const 
 	for (int32_t t0 = 0; t0 < n; t0 += chunk) {
 		int32_t tn = CM_MIN(chunk, n - t0);
 		j.m.n = tn;
-		j.m.x = x + (size_t)t0 * (size_t)w->cols;
-		j.m.y = y + (size_t)t0 * (size_t)w->rows;
+		j.m.x = x + (size_t)t0 * (size_t)cols;
+		for (int i = 0; i < n_w; i++)
+			j.part[i].yc = j.part[i].y + (size_t)t0 * (size_t)j.part[i].rows;
 		if (stride)
-			cpu_parallel(c, tn, 1, (int64_t)tn * w->cols, cpu_mm_pack_range, &j);
-		cpu_parallel_dyn(c, w->rows, CPU_MM_GRAIN, (int64_t)w->rows * w->cols * tn,
-				 cpu_mm_rows_range, &j);
+			cpu_parallel(c, tn, 1, (int64_t)tn * cols, cpu_mm_pack_range, &j);
+		cpu_parallel_steal(c, rows, CPU_MM_GRAIN, (int64_t)rows * cols * tn,
+				   cpu_mm_rows_range, &j);
 	}
 }
 
@@ -493,18 +559,21 @@ struct cpu_kv_job {
 static void cpu_kv_store_range(void *arg, int32_t i0, int32_t i1)
 {
 	const struct cpu_kv_job *j = arg;
-	const int32_t w = j->kv->n_kv_head * j->kv->head_dim;
+	const int32_t hd = j->kv->head_dim, w = j->kv->n_kv_head * hd;
 	for (int32_t i = i0; i < i1; i++) {
 		if (j->slots[i] < 0)
 			continue;
-		size_t off = kern__kv_off(j->kv, (size_t)j->slots[i], 0);
-		const float *src[2] = {j->k + (size_t)i * w, j->v + (size_t)i * w};
-		void *dst[2] = {(char *)j->kv->k + off, (char *)j->kv->v + off};
-		for (int s = 0; s < 2; s++) {
-			if (j->kv->dtype == KERN_F16)
-				j->ops->to_f16(src[s], w, dst[s]);
-			else
-				memcpy(dst[s], src[s], (size_t)w * sizeof(float));
+		for (int32_t h = 0; h < j->kv->n_kv_head; h++) {
+			size_t off = kern__kv_off(j->kv, (size_t)j->slots[i], h);
+			const float *src[2] = {j->k + (size_t)i * w + (size_t)h * hd,
+					       j->v + (size_t)i * w + (size_t)h * hd};
+			void *dst[2] = {(char *)j->kv->k + off, (char *)j->kv->v + off};
+			for (int s = 0; s < 2; s++) {
+				if (j->kv->dtype == KERN_F16)
+					j->ops->to_f16(src[s], hd, dst[s]);
+				else
+					memcpy(dst[s], src[s], (size_t)hd * sizeof(float));
+			}
 		}
 	}
 }
@@ -572,10 +641,16 @@ static void cpu_attn_finish(const struct kern_attn_params *p, const struct kern_
 		memset(o, 0, (size_t)nh * (size_t)hd * sizeof(float));
 		return;
 	}
-	for (int32_t h = 0; h < nh; h++)
-		for (int32_t j = 0; j < hd; j++)
-			o[(size_t)h * hd + j] =
-				st->l[h] > 0.0f ? st->acc[(size_t)h * hd + j] / st->l[h] : 0.0f;
+	for (int32_t h = 0; h < nh; h++) {
+		float *oh = o + (size_t)h * hd;
+		const float *a = st->acc + (size_t)h * hd, l = st->l[h];
+		if (!(l > 0.0f)) {
+			memset(oh, 0, (size_t)hd * sizeof(float));
+			continue;
+		}
+		for (int32_t j = 0; j < hd; j++) /* a loop the compiler vectorises */
+			oh[j] = a[j] / l;
+	}
 }
 
 struct cpu_attn_job {
@@ -746,8 +821,9 @@ static int32_t cpu_attn_heads(const struct kern_attn_params *p, int32_t want)
 }
 
 /* Few queries (decode): split mode. The partitions of a query are items too, their
- * states parked in the scratch and merged in a second pass; all of a token's KV
- * heads are read together. Many queries (prefill): whole mode, items of up to
+ * states parked in the scratch and merged in a second pass; an item is one KV
+ * head's group of query heads (its keys lie together in each block, kern.h), so
+ * the items are many and even. Many queries (prefill): whole mode, items of up to
  * CPU_ATTN_QB queries x CPU_ATTN_HEADS heads sharing each read of K and V, handed
  * out dynamically since causal rows differ in length. Either way a query's
  * partitions are computed and merged alike, so the results are identical. */
@@ -759,7 +835,7 @@ static void cpu_attention(struct kern_backend *be, const struct kern_attn_params
 	CM_ASSERT(hd + 2 <= KERN_CPU_ATTN_BUF);
 	struct cpu_attn_job j = {.ops = c->ops, .p = p, .q = q, .out = out, .n = n, .qb = 1};
 	if (nth > 1 && n <= CPU_ATTN_SPLIT_MAXQ) {
-		j.per = cpu_attn_heads(p, p->n_head);
+		j.per = cpu_attn_heads(p, CPU_ATTN_HEADS);
 		j.n_blk = (p->n_head + j.per - 1) / j.per;
 		for (int32_t i = 0; i < n; i++)
 			j.max_parts = CM_MAX(j.max_parts, cpu_attn_nparts(p, i));
@@ -873,32 +949,36 @@ static int cpu_convert(struct kern_backend *be, const struct kern_mat *src, stru
 
 /* ---- machine limits ------------------------------------------------------ */
 
+#define CPU_READ_UNIT 256 /* bytes per unit of the read pass's split */
+
 struct cpu_bench_job {
 	const struct kern_cpu *c;
 	const char *buf;
-	size_t bytes;
 	enum kern_peak which;
-	int64_t iters;
+	int64_t iters;       /* peak: rounds per slice */
+	int64_t deadline_us; /* peak: when to stop (cm_time_us) */
 	_Atomic uint64_t sink;
 };
 
-static void cpu_bench_read_job(void *arg, int ith, int nth)
+static void cpu_bench_read_range(void *arg, int32_t u0, int32_t u1)
 {
 	struct cpu_bench_job *j = arg;
-	size_t units = j->bytes / 256;
-	size_t u0 = units * (size_t)ith / (size_t)nth, u1 = units * (size_t)(ith + 1) / (size_t)nth;
-	uint64_t v = j->c->ops->bench_read(j->buf + u0 * 256, (u1 - u0) * 256);
+	uint64_t v = j->c->ops->bench_read(j->buf + (size_t)u0 * CPU_READ_UNIT,
+					   (size_t)(u1 - u0) * CPU_READ_UNIT);
 	atomic_fetch_xor_explicit(&j->sink, v, memory_order_relaxed);
 }
 
+/* Split like the matmuls' rows (cpu_parallel_steal): each thread streams its share,
+ * and one slowed by another process reads less instead of holding the pass. */
 static double cpu_bench_read(struct kern_backend *be, const void *buf, size_t bytes)
 {
 	struct kern_cpu *c = cpu_of(be);
-	struct cpu_bench_job j = {.c = c, .buf = buf, .bytes = bytes / 256 * 256};
+	struct cpu_bench_job j = {.c = c, .buf = buf};
+	int32_t units = (int32_t)CM_MIN(bytes / CPU_READ_UNIT, (size_t)INT32_MAX);
 	int64_t t0 = cm_time_us();
-	cm_pool_run(c->pool, cpu_bench_read_job, &j);
+	cpu_parallel_steal(c, units, (2 << 20) / CPU_READ_UNIT, INT64_MAX, cpu_bench_read_range, &j);
 	int64_t us = cm_time_us() - t0;
-	return us > 0 ? (double)j.bytes / (double)us * 1e-3 : 0.0;
+	return us > 0 ? (double)units * CPU_READ_UNIT / (double)us * 1e-3 : 0.0;
 }
 
 /* Multiply-adds done by one thread in iters rounds of the peak loop. */
@@ -923,30 +1003,32 @@ static double cpu_peak_loop(const struct kern_cpu *c, enum kern_peak which, int6
 	return 0.0;
 }
 
+/* Every thread runs slices of j->iters rounds until the deadline, adding up the
+ * multiply-adds done: a thread slowed by another process counts for what it did. */
 static void cpu_bench_peak_job(void *arg, int ith, int nth)
 {
 	struct cpu_bench_job *j = arg;
 	(void)ith;
 	(void)nth;
-	cpu_peak_loop(j->c, j->which, j->iters);
+	uint64_t done = 0;
+	do
+		done += (uint64_t)cpu_peak_loop(j->c, j->which, j->iters);
+	while (cm_time_us() < j->deadline_us);
+	atomic_fetch_add_explicit(&j->sink, done, memory_order_relaxed);
 }
 
 static double cpu_bench_peak(struct kern_backend *be, enum kern_peak which, double seconds)
 {
 	struct kern_cpu *c = cpu_of(be);
-	const int64_t probe = 1 << 16;
-	int64_t t0 = cm_time_us();
-	double per_iter = cpu_peak_loop(c, which, probe) / (double)probe; /* calibration */
-	int64_t us = cm_time_us() - t0;
-	if (per_iter <= 0.0)
+	const int64_t slice = 1 << 12; /* rounds between looks at the clock: ~50 µs */
+	if (cpu_peak_loop(c, which, slice) <= 0.0) /* also warms the units up */
 		return 0.0;
-	int64_t iters = (int64_t)((double)probe * seconds * 1e6 / (double)CM_MAX(us, 1));
-	struct cpu_bench_job j = {.c = c, .which = which, .iters = CM_MAX(iters, probe)};
-	t0 = cm_time_us();
+	int64_t t0 = cm_time_us();
+	struct cpu_bench_job j = {.c = c, .which = which, .iters = slice};
+	j.deadline_us = t0 + (int64_t)(seconds * 1e6);
 	cm_pool_run(c->pool, cpu_bench_peak_job, &j);
-	us = cm_time_us() - t0;
-	double macs = per_iter * (double)j.iters * c->base.n_threads;
-	return 2.0 * macs / (double)CM_MAX(us, 1) * 1e-3;
+	int64_t us = cm_time_us() - t0;
+	return 2.0 * (double)atomic_load(&j.sink) / (double)CM_MAX(us, 1) * 1e-3;
 }
 
 static void cpu_free(struct kern_backend *be)

@@ -45,9 +45,17 @@ void kern__avx512bf16_mm_pack(const struct kern_mm *m, int32_t t0, int32_t t1)
 }
 
 /* One k step; mk masks the weights of the last, partial step. Several-row tiles of
- * one or two tokens (memory-bound) also prefetch the next tile's rows into L2. */
+ * one or two tokens (memory-bound) also prefetch the next tile's rows into L2, and
+ * tiles of a small call PF tiles ahead (BF_SMALL_PF). */
+/* Tiles of 3 or more tokens of a small call (at most BF_T tokens) prefetch the rows
+ * BF_SMALL_PF tiles ahead into L2: without it the loads of such a compute-heavy
+ * tile and its arithmetic take turns instead of overlapping (8 tokens: 0.50 of
+ * max(memory, compute) time without, 0.83 with; docs/performance.md). */
+#define BF_SMALL_PF   4
+#define BF_SMALL_HINT _MM_HINT_T2
+
 KS_INLINE void bf_step(__m512 (*acc)[BF_T], const char *w, size_t wstride, const uint16_t *x,
-		       size_t xs, int32_t k, __mmask32 mk, const int R, const int T)
+		       size_t xs, int32_t k, __mmask32 mk, const int R, const int T, const int PF)
 {
 	__m512i wv[BF_RMAX];
 	KS_UNROLL
@@ -55,6 +63,8 @@ KS_INLINE void bf_step(__m512 (*acc)[BF_T], const char *w, size_t wstride, const
 		const uint16_t *p = (const uint16_t *)(w + i * wstride) + k;
 		if (T <= 2 && R > 1)
 			_mm_prefetch((const char *)p + R * wstride, _MM_HINT_T2);
+		else if (PF)
+			_mm_prefetch((const char *)p + PF * R * wstride, BF_SMALL_HINT);
 		wv[i] = mk == (__mmask32)~0u ? _mm512_loadu_si512(p)
 					     : _mm512_maskz_loadu_epi16(mk, p);
 	}
@@ -68,7 +78,8 @@ KS_INLINE void bf_step(__m512 (*acc)[BF_T], const char *w, size_t wstride, const
 }
 
 /* Full steps, then one masked step for the last cols % 32 weights. */
-KS_INLINE void bf_tile(const struct kern_mm *m, int32_t r, int32_t t, const int R, const int T)
+KS_INLINE void bf_tile(const struct kern_mm *m, int32_t r, int32_t t, const int R, const int T,
+		       const int PF)
 {
 	const size_t wstride = (size_t)m->cols * 2;
 	const char *w = (const char *)m->w + (size_t)r * wstride;
@@ -84,9 +95,9 @@ KS_INLINE void bf_tile(const struct kern_mm *m, int32_t r, int32_t t, const int 
 		acc[i][j] = _mm512_setzero_ps();
 	const int32_t kfull = m->cols - rem;
 	for (int32_t k = 0; k < kfull; k += BF_STEP)
-		bf_step(acc, w, wstride, x, xs, k, (__mmask32)~0u, R, T);
+		bf_step(acc, w, wstride, x, xs, k, (__mmask32)~0u, R, T, PF);
 	if (rem)
-		bf_step(acc, w, wstride, x, xs, kfull, last, R, T);
+		bf_step(acc, w, wstride, x, xs, kfull, last, R, T, PF);
 
 	const int cnt = R * T;
 	__m512 v[BF_RMAX * BF_T + 1], s[(BF_RMAX * BF_T + 1) / 2];
@@ -121,12 +132,12 @@ KS_INLINE void bf_tile(const struct kern_mm *m, int32_t r, int32_t t, const int 
 	static __attribute__((noinline)) void bf_m##T(const struct kern_mm *m, int32_t r,          \
 						      int32_t t)                                   \
 	{                                                                                          \
-		bf_tile(m, r, t, BF_ROWS(T), T);                                                   \
+		bf_tile(m, r, t, BF_ROWS(T), T, 0);                                                \
 	}                                                                                          \
 	static __attribute__((noinline)) void bf_s##T(const struct kern_mm *m, int32_t r,          \
 						      int32_t t)                                   \
 	{                                                                                          \
-		bf_tile(m, r, t, 1, T);                                                            \
+		bf_tile(m, r, t, 1, T, (T) > 2 ? BF_SMALL_PF : 0);                                 \
 	}
 
 BF_TILE(1)
@@ -140,7 +151,7 @@ BF_TILE(6)
 	static __attribute__((noinline)) void bf_n##T(const struct kern_mm *m, int32_t r,          \
 						      int32_t t)                                   \
 	{                                                                                          \
-		bf_tile(m, r, t, BF_SROWS(T), T);                                                  \
+		bf_tile(m, r, t, BF_SROWS(T), T, BF_SMALL_PF);                                     \
 	}
 
 BF_TILE_SMALL(5)
@@ -150,12 +161,12 @@ BF_TILE_SMALL(8)
 
 static __attribute__((noinline)) void bf_s7(const struct kern_mm *m, int32_t r, int32_t t)
 {
-	bf_tile(m, r, t, 1, 7);
+	bf_tile(m, r, t, 1, 7, BF_SMALL_PF);
 }
 
 static __attribute__((noinline)) void bf_s8(const struct kern_mm *m, int32_t r, int32_t t)
 {
-	bf_tile(m, r, t, 1, 8);
+	bf_tile(m, r, t, 1, 8, BF_SMALL_PF);
 }
 
 typedef void (*bf_tile_fn)(const struct kern_mm *m, int32_t r, int32_t t);
@@ -167,8 +178,43 @@ static const bf_tile_fn bf_tiles[3][BF_T] = {
 	{bf_s1, bf_s2, bf_s3, bf_s4, bf_n5, bf_n6, bf_n7, bf_n8},
 };
 
+/* One token (GEMV): rows one after another, each accumulated as a one-row tile,
+ * reduced VL rows at a time (the same bits, as in vec-impl.h's mm_gemv). */
+static __attribute__((noinline)) void bf_gemv(const struct kern_mm *m, int32_t r0, int32_t r1)
+{
+	const size_t wstride = (size_t)m->cols * 2;
+	const uint16_t *x = (const uint16_t *)m->xp;
+	const int rem = m->cols % BF_STEP;
+	const __mmask32 last = rem ? (__mmask32)((1u << rem) - 1) : (__mmask32)~0u;
+	const int32_t kfull = m->cols - rem;
+	for (int32_t r = r0; r < r1; r += VL) {
+		const int nr = r1 - r < VL ? r1 - r : VL;
+		__m512 acc[VL], s[VL / 2];
+		float out[VL];
+		for (int i = 0; i < VL; i++) {
+			__m512 a[BF_RMAX][BF_T];
+			a[0][0] = _mm512_setzero_ps();
+			const char *w = (const char *)m->w + (size_t)(r + i) * wstride;
+			for (int32_t k = 0; k < kfull && i < nr; k += BF_STEP)
+				bf_step(a, w, wstride, x, 0, k, (__mmask32)~0u, 1, 1, 0);
+			if (rem && i < nr)
+				bf_step(a, w, wstride, x, 0, kfull, last, 1, 1, 0);
+			acc[i] = a[0][0];
+		}
+		KS_UNROLL
+		for (int c = 0; c < VL / 2; c++)
+			s[c] = ks_pair(1, acc[2 * c], acc[2 * c + 1]);
+		vf_hsum_pairs(s, VL / 2, out);
+		memcpy(m->y + r, out, (size_t)nr * sizeof(float));
+	}
+}
+
 void kern__avx512bf16_mm_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 {
+	if (m->n == 1) {
+		bf_gemv(m, r0, r1);
+		return;
+	}
 	if (m->n <= BF_T) { /* every token in each tile */
 		const int rn = BF_SROWS(m->n);
 		int32_t r = r0;

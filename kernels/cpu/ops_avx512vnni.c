@@ -17,6 +17,8 @@
 #define Q8_T	 8  /* most tokens per micro-tile */
 #define Q8_TG	 3  /* tokens per micro-tile of a call with more than Q8_T tokens */
 #define Q8_RB	 64 /* rows per cache block */
+#define Q8_SMALL_PF 4 /* tiles of 3+ tokens of a small call prefetch this many tiles ahead
+		       * (as BF_SMALL_PF in ops_avx512bf16.c) */
 #define Q8_SLICE (KERN_Q8_BLOCK / 4)
 
 /* Where things are for one matmul. */
@@ -24,6 +26,7 @@ struct q8_geo {
 	int32_t cols;
 	int32_t nblk;
 	size_t ws; /* weight row stride, bytes */
+	size_t wq; /* offset of the int8 values in a weight row (the scales come first) */
 	size_t xs; /* packed activation stride, bytes */
 	size_t xd; /* offset of the activation scales in a packed row */
 	size_t xc; /* offset of the corrections */
@@ -35,6 +38,7 @@ static struct q8_geo q8_geo_of(const struct kern_mm *m)
 	return (struct q8_geo){.cols = m->cols,
 			       .nblk = m->cols / KERN_Q8_BLOCK,
 			       .ws = kern_mat_row_bytes(&w),
+			       .wq = KERN_Q8_WQ(m->cols),
 			       .xs = m->xp_stride,
 			       .xd = KERN_Q8_XD(m->cols),
 			       .xc = KERN_Q8_XC(m->cols)};
@@ -45,7 +49,7 @@ static struct q8_geo q8_geo_of(const struct kern_mm *m)
  * rows into L2. */
 KS_INLINE void q8_group(__m512 (*facc)[Q8_T], const uint8_t *w, const uint8_t *x,
 			const struct q8_geo *q, int32_t g, int nb, const bool FULL, const int R,
-			const int T)
+			const int T, const int PF)
 {
 	const __mmask64 mb = FULL ? ~0ull : (1ull << (nb * 4)) - 1;
 	const __mmask16 md = ks_mask(nb);
@@ -69,9 +73,11 @@ KS_INLINE void q8_group(__m512 (*facc)[Q8_T], const uint8_t *w, const uint8_t *x
 				     : _mm512_maskz_loadu_epi8(mb, x + j * q->xs + o);
 		KS_UNROLL
 		for (int i = 0; i < R; i++) {
-			const uint8_t *p = w + i * q->ws + o;
+			const uint8_t *p = w + i * q->ws + q->wq + o;
 			if (T == 2 && FULL)
 				_mm_prefetch((const char *)p + R * q->ws, _MM_HINT_T2);
+			else if (PF && FULL)
+				_mm_prefetch((const char *)p + PF * R * q->ws, _MM_HINT_T2);
 			__m512i wv = FULL ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(mb, p);
 			KS_UNROLL
 			for (int j = 0; j < T; j++)
@@ -80,7 +86,7 @@ KS_INLINE void q8_group(__m512 (*facc)[Q8_T], const uint8_t *w, const uint8_t *x
 	}
 	KS_UNROLL
 	for (int i = 0; i < R; i++) {
-		const uint8_t *sp = w + i * q->ws + q->cols + (size_t)g * KERN_Q8_GROUP * 2;
+		const uint8_t *sp = w + i * q->ws + (size_t)g * KERN_Q8_GROUP * 2;
 		if (T == 2)
 			_mm_prefetch((const char *)sp + R * q->ws, _MM_HINT_T2);
 		__m512 sw = _mm512_cvtph_ps(FULL ? _mm256_loadu_si256((const __m256i *)sp)
@@ -95,7 +101,8 @@ KS_INLINE void q8_group(__m512 (*facc)[Q8_T], const uint8_t *w, const uint8_t *x
 	}
 }
 
-KS_INLINE void q8_tile(const struct kern_mm *m, int32_t r, int32_t t, const int R, const int T)
+KS_INLINE void q8_tile(const struct kern_mm *m, int32_t r, int32_t t, const int R, const int T,
+		       const int PF)
 {
 	const struct q8_geo q = q8_geo_of(m);
 	const uint8_t *w = (const uint8_t *)m->w + (size_t)r * q.ws;
@@ -108,9 +115,9 @@ KS_INLINE void q8_tile(const struct kern_mm *m, int32_t r, int32_t t, const int 
 		facc[i][j] = _mm512_setzero_ps();
 	const int32_t gfull = q.nblk / KERN_Q8_GROUP;
 	for (int32_t g = 0; g < gfull; g++)
-		q8_group(facc, w, x, &q, g, KERN_Q8_GROUP, true, R, T);
+		q8_group(facc, w, x, &q, g, KERN_Q8_GROUP, true, R, T, PF);
 	if (q.nblk % KERN_Q8_GROUP)
-		q8_group(facc, w, x, &q, gfull, q.nblk % KERN_Q8_GROUP, false, R, T);
+		q8_group(facc, w, x, &q, gfull, q.nblk % KERN_Q8_GROUP, false, R, T, PF);
 
 	const int cnt = R * T;
 	__m512 v[Q8_RMAX * Q8_T + 1], s[(Q8_RMAX * Q8_T + 1) / 2];
@@ -141,12 +148,12 @@ KS_INLINE void q8_tile(const struct kern_mm *m, int32_t r, int32_t t, const int 
 	static __attribute__((noinline)) void q8_m##T(const struct kern_mm *m, int32_t r,          \
 						      int32_t t)                                   \
 	{                                                                                          \
-		q8_tile(m, r, t, Q8_ROWS(T), T);                                                   \
+		q8_tile(m, r, t, Q8_ROWS(T), T, 0);                                                \
 	}                                                                                          \
 	static __attribute__((noinline)) void q8_s##T(const struct kern_mm *m, int32_t r,          \
 						      int32_t t)                                   \
 	{                                                                                          \
-		q8_tile(m, r, t, 1, T);                                                            \
+		q8_tile(m, r, t, 1, T, (T) > 2 ? Q8_SMALL_PF : 0);                                 \
 	}
 
 Q8_TILE(1)
@@ -157,7 +164,7 @@ Q8_TILE(3)
 	static __attribute__((noinline)) void q8_s##T(const struct kern_mm *m, int32_t r,          \
 						      int32_t t)                                   \
 	{                                                                                          \
-		q8_tile(m, r, t, 1, T);                                                            \
+		q8_tile(m, r, t, 1, T, Q8_SMALL_PF);                                               \
 	}
 
 Q8_TILE1(4)
@@ -173,8 +180,42 @@ static const q8_tile_fn q8_tiles[2][Q8_T] = {
 	{q8_m1, q8_m2, q8_m3, NULL, NULL, NULL, NULL, NULL},
 };
 
+/* One token (GEMV): rows one after another, each accumulated as a one-row tile,
+ * reduced VL rows at a time (the same bits, as in vec-impl.h's mm_gemv). */
+static __attribute__((noinline)) void q8_gemv(const struct kern_mm *m, int32_t r0, int32_t r1)
+{
+	const struct q8_geo q = q8_geo_of(m);
+	const int32_t gfull = q.nblk / KERN_Q8_GROUP;
+	const uint8_t *x = (const uint8_t *)m->xp;
+	for (int32_t r = r0; r < r1; r += VL) {
+		const int nr = r1 - r < VL ? r1 - r : VL;
+		__m512 acc[VL], s[VL / 2];
+		float out[VL];
+		for (int i = 0; i < VL; i++) {
+			__m512 facc[Q8_RMAX][Q8_T];
+			facc[0][0] = _mm512_setzero_ps();
+			const uint8_t *w = (const uint8_t *)m->w + (size_t)(r + i) * q.ws;
+			for (int32_t g = 0; g < gfull && i < nr; g++)
+				q8_group(facc, w, x, &q, g, KERN_Q8_GROUP, true, 1, 1, 0);
+			if (q.nblk % KERN_Q8_GROUP && i < nr)
+				q8_group(facc, w, x, &q, gfull, q.nblk % KERN_Q8_GROUP, false, 1, 1,
+					 0);
+			acc[i] = facc[0][0];
+		}
+		KS_UNROLL
+		for (int c = 0; c < VL / 2; c++)
+			s[c] = ks_pair(1, acc[2 * c], acc[2 * c + 1]);
+		vf_hsum_pairs(s, VL / 2, out);
+		memcpy(m->y + r, out, (size_t)nr * sizeof(float));
+	}
+}
+
 void kern__vnni_q8_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 {
+	if (m->n == 1) {
+		q8_gemv(m, r0, r1);
+		return;
+	}
 	if (m->n <= Q8_T) { /* one row of every token at a time */
 		for (int32_t r = r0; r < r1; r++)
 			q8_tiles[0][m->n - 1](m, r, 0);
@@ -221,8 +262,10 @@ void kern__vnni_q8_pack(const struct kern_mm *m, int32_t t0, int32_t t1)
 			uint8_t q[KERN_Q8_BLOCK];
 			_mm_storeu_si128((__m128i *)q, _mm512_cvtsepi32_epi8(qa));
 			_mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtsepi32_epi8(qb));
-			for (int e = 0; e < KERN_Q8_BLOCK; e += 4)
-				memcpy(xp + kern__q8_at(cols, j, e), q + e, 4);
+			uint8_t *dst = xp + kern__q8_at(cols, j, 0);
+			const size_t step = kern__q8_at(cols, j, 4) - kern__q8_at(cols, j, 0);
+			for (int e = 0; e < KERN_Q8_BLOCK; e += 4, dst += step)
+				memcpy(dst, q + e, 4);
 			dx[j] = !finite ? NAN : id > 0.0f ? amax / 127.0f : 0.0f;
 			corr[j] = -128 * _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
 		}

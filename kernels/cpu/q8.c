@@ -3,8 +3,8 @@
  *
  * Both operands use the layout of kern.h: blocks of 32 values, each the int8
  * q[i] = round(x[i] / d) with d = max|x| / 127, grouped by 16 blocks whose bytes
- * interleave 4 at a time (kern__q8_at). The weights store q + 128 (unsigned, as
- * vpdpbusd wants its first operand) and an f16 d per block; the activations store
+ * interleave 4 at a time (kern__q8_at). The weights store an f16 d per block, then
+ * q + 128 (unsigned, as vpdpbusd wants its first operand); the activations store
  * q, an f32 d and -128 x sum(q) per block, so that sum((qw + 128) qx) - 128 sum(qx)
  * is the exact integer dot product of a block.
  */
@@ -63,14 +63,15 @@ void kern__q8_quantize_rows(const struct kern_mat *src, const struct kern_mat *d
 	float buf[Q8_CHUNK];
 	for (int32_t r = r0; r < r1; r++) {
 		uint8_t *row = (uint8_t *)dst->data + (size_t)r * rs;
-		uint16_t *scales = (uint16_t *)(row + cols);
-		memset(row + cols, 0, rs - (size_t)cols);
+		uint16_t *scales = (uint16_t *)row;
+		memset(row, 0, rs);
 		for (int32_t c0 = 0; c0 < cols; c0 += Q8_CHUNK) {
 			int32_t cn = CM_MIN(Q8_CHUNK, cols - c0);
 			q8_src_chunk(src, r, c0, cn, buf);
 			for (int32_t b = 0; b < cn / KERN_Q8_BLOCK; b++) {
 				int32_t j = c0 / KERN_Q8_BLOCK + b;
-				q8_weight_block(buf + b * KERN_Q8_BLOCK, cols, j, row, &scales[j]);
+				q8_weight_block(buf + b * KERN_Q8_BLOCK, cols, j,
+						row + KERN_Q8_WQ(cols), &scales[j]);
 			}
 		}
 	}
@@ -129,8 +130,9 @@ void kern__q8_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 	const int32_t cols = m->cols, nblk = cols / KERN_Q8_BLOCK;
 	const size_t rs = kern_mat_row_bytes(&(struct kern_mat){.dtype = KERN_Q8_0, .cols = cols});
 	for (int32_t r = r0; r < r1; r++) {
-		const uint8_t *w = (const uint8_t *)m->w + (size_t)r * rs;
-		const uint16_t *dw = (const uint16_t *)(w + cols);
+		const uint8_t *row = (const uint8_t *)m->w + (size_t)r * rs;
+		const uint16_t *dw = (const uint16_t *)row;
+		const uint8_t *w = row + KERN_Q8_WQ(cols);
 		for (int32_t t = 0; t < m->n; t++) {
 			const uint8_t *x = (const uint8_t *)m->xp + (size_t)t * m->xp_stride;
 			const float *dx = (const float *)(x + KERN_Q8_XD(cols));

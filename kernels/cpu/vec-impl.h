@@ -294,7 +294,8 @@ struct ks_attn_state {
  * lanes (those equal to a modulo 4), each leaving one vector t[a]; then
  * (t0 + t2) + (t1 + t3) is the last two levels. Each load of kt serves every
  * query of the call. */
-KS_INLINE void ks_attn_dots_t(const float *const *q, const float *kt, int32_t hd, vf *sc)
+KS_INLINE void ks_attn_dots_t(const float *const *q, const float *kt, int32_t hd, const bool WHOLE,
+			       vf *sc)
 {
 	enum { K = VL / 4 };
 	vf t[4][KS_ATTN_NP];
@@ -313,8 +314,9 @@ KS_INLINE void ks_attn_dots_t(const float *const *q, const float *kt, int32_t hd
 				vf kv = vf_load(kt + (size_t)(d + l) * VL);
 				KS_UNROLL
 				for (int u = 0; u < KS_ATTN_NP; u++)
-					p[k][u] = vf_fma(vf_set1(d + l < hd ? q[u][d + l] : 0.0f), kv,
-							 p[k][u]);
+					p[k][u] = vf_fma(vf_set1(WHOLE || d + l < hd ? q[u][d + l]
+										      : 0.0f),
+							 kv, p[k][u]);
 			}
 		}
 		KS_UNROLL
@@ -388,6 +390,55 @@ KS_INLINE void ks_attn_chunk(struct ks_attn_state *st, const float *qh, const ch
 	ks_attn_pv(st->acc, pb, vp, cn, hd, f16);
 }
 
+/* acc[0..n) of heads u < np += sum over keys j < cn[u], in order, of pb[u][j] v[j]
+ * (v: dense rows head_dim apart), D vectors of each at a time: each load of a value
+ * serves every head. ALL: every head has cn[u] = cn[0] (the usual case). */
+KS_INLINE void ks_attn_pv_n(struct ks_attn_state *const *st, float (*pb)[VL], const int *cn,
+			    int np, const float *v, int32_t hd, int32_t d, int n, const int D,
+			    const bool ALL)
+{
+	vf a[KS_ATTN_NP][2];
+	int cmax = 0;
+	KS_UNROLL
+	for (int u = 0; u < KS_ATTN_NP; u++) {
+		a[u][0] = a[u][1] = vf_zero();
+		if (u >= np)
+			continue;
+		cmax = cn[u] > cmax ? cn[u] : cmax;
+		KS_UNROLL
+		for (int e = 0; e < D; e++)
+			a[u][e] = n == VL ? vf_load(st[u]->acc + d + e * VL)
+					  : vf_load_part(st[u]->acc + d + e * VL, n);
+	}
+	for (int j = 0; j < cmax; j++) {
+		const float *vr = v + (size_t)j * hd + d;
+		vf vj[2];
+		KS_UNROLL
+		for (int e = 0; e < D; e++)
+			vj[e] = n == VL ? vf_load(vr + e * VL) : vf_load_part(vr + e * VL, n);
+		KS_UNROLL
+		for (int u = 0; u < KS_ATTN_NP; u++) {
+			if (!(ALL ? u < np : u < np && j < cn[u]))
+				continue;
+			vf w = vf_set1(pb[u][j]);
+			KS_UNROLL
+			for (int e = 0; e < D; e++)
+				a[u][e] = vf_fma(w, vj[e], a[u][e]);
+		}
+	}
+	KS_UNROLL
+	for (int u = 0; u < KS_ATTN_NP; u++)
+		KS_UNROLL
+	for (int e = 0; e < D; e++) {
+		if (u >= np)
+			continue;
+		if (n == VL)
+			vf_store(st[u]->acc + d + e * VL, a[u][e]);
+		else
+			vf_store_part(st[u]->acc + d + e * VL, a[u][e], n);
+	}
+}
+
 /* One chunk for np <= KS_ATTN_NP heads (queries q[u], first cn[u] keys; the keys
  * transposed in kt, the values dense f32 rows v[j] head_dim apart), each load of a
  * key or value serving all of them; every head gets the bits ks_attn_chunk would
@@ -399,34 +450,26 @@ KS_INLINE void ks_attn_chunk_n(struct ks_attn_state *const *st, const float *con
 	const float *qs[KS_ATTN_NP];
 	vf sc[KS_ATTN_NP];
 	float pb[KS_ATTN_NP][VL];
-	int cmax = 0;
+	bool all = np == KS_ATTN_NP;
 	for (int u = 0; u < KS_ATTN_NP; u++) {
 		qs[u] = q[u < np ? u : 0]; /* a stand-in for missing heads, result dropped */
-		cmax = u < np && cn[u] > cmax ? cn[u] : cmax;
+		all = all && cn[u < np ? u : 0] == cn[0];
 	}
-	ks_attn_dots_t(qs, kt, hd, sc);
+	if (hd % VL == 0)
+		ks_attn_dots_t(qs, kt, hd, true, sc);
+	else
+		ks_attn_dots_t(qs, kt, hd, false, sc);
 	for (int u = 0; u < np; u++)
 		ks_attn_softmax(st[u], sc[u], cn[u], hd, scale, pb[u]);
-	for (int32_t d = 0; d < hd; d += VL) {
-		const int n = hd - d < VL ? hd - d : VL;
-		vf a[KS_ATTN_NP];
-		for (int u = 0; u < np; u++)
-			a[u] = n == VL ? vf_load(st[u]->acc + d) : vf_load_part(st[u]->acc + d, n);
-		for (int j = 0; j < cmax; j++) {
-			vf vj = n == VL ? vf_load(v + (size_t)j * hd + d)
-					: vf_load_part(v + (size_t)j * hd + d, n);
-			KS_UNROLL
-			for (int u = 0; u < KS_ATTN_NP; u++)
-				if (u < np && j < cn[u])
-					a[u] = vf_fma(vf_set1(pb[u][j]), vj, a[u]);
-		}
-		for (int u = 0; u < np; u++) {
-			if (n == VL)
-				vf_store(st[u]->acc + d, a[u]);
-			else
-				vf_store_part(st[u]->acc + d, a[u], n);
-		}
+	int32_t d = 0;
+	for (; d + 2 * VL <= hd; d += 2 * VL) {
+		if (all)
+			ks_attn_pv_n(st, pb, cn, np, v, hd, d, VL, 2, true);
+		else
+			ks_attn_pv_n(st, pb, cn, np, v, hd, d, VL, 2, false);
 	}
+	for (; d < hd; d += VL)
+		ks_attn_pv_n(st, pb, cn, np, v, hd, d, hd - d < VL ? hd - d : VL, 1, false);
 }
 
 /* Most head_dim for which a chunk's K and V rows are copied to a dense buffer. */
@@ -457,7 +500,6 @@ static void KS_FN(attn_part)(const struct kern_attn_params *p, const float *q, c
 	const struct kern_kv_layer *kv = p->kv;
 	const int32_t hd = kv->head_dim, nh = h1 - h0, g = p->n_head / kv->n_kv_head;
 	const bool f16 = kv->dtype == KERN_F16;
-	const size_t head_bytes = (size_t)hd * kern_dtype_size(kv->dtype);
 	const struct kern_kv_seg *seg =
 		&p->segs[(size_t)p->queries[qi[0]].seq * (size_t)p->n_seg + (size_t)s];
 	struct ks_attn_state st[KERN_CPU_ATTN_MAXH];
@@ -473,13 +515,9 @@ static void KS_FN(attn_part)(const struct kern_attn_params *p, const float *q, c
 	}
 	for (int32_t c0 = t0; c0 < tend; c0 += VL) {
 		int cmax = tend - c0 < VL ? tend - c0 : VL;
-		const char *kp[VL], *vp[VL];
-		for (int j = 0; j < cmax; j++) {
-			size_t off =
-				kern__kv_off(kv, kern__kv_slot(seg, kv->block_size, c0 + j), 0);
-			kp[j] = (const char *)kv->k + off;
-			vp[j] = (const char *)kv->v + off;
-		}
+		size_t slot[VL];
+		for (int j = 0; j < cmax; j++)
+			slot[j] = kern__kv_slot(seg, kv->block_size, c0 + j);
 		for (int32_t ha = 0, hb; ha < nh; ha = hb) {
 			const int32_t kvh = (h0 + ha) / g;
 			for (hb = ha + 1; hb < nh && (h0 + hb) / g == kvh; hb++)
@@ -487,8 +525,9 @@ static void KS_FN(attn_part)(const struct kern_attn_params *p, const float *q, c
 			const char *kh[VL], *vh[VL];
 			bool dense = nq * (hb - ha) >= 4 && hd <= KS_ATTN_COPY_HD;
 			for (int j = 0; j < cmax; j++) {
-				kh[j] = kp[j] + (size_t)kvh * head_bytes;
-				vh[j] = vp[j] + (size_t)kvh * head_bytes;
+				size_t off = kern__kv_off(kv, slot[j], kvh);
+				kh[j] = (const char *)kv->k + off;
+				vh[j] = (const char *)kv->v + off;
 			}
 			if (dense) {
 				ks_attn_gather_t(kh, cmax, hd, f16, ktbuf);
@@ -727,9 +766,65 @@ KS_MM_TILES(mm_f32, KERN_F32)
 KS_MM_TILES(mm_f16, KERN_F16)
 KS_MM_TILES(mm_bf16, KERN_BF16)
 
+/* One token (GEMV): rows one after another (one stream in address order), each with
+ * the accumulator a one-row tile would have, and their reductions done VL rows at a
+ * time: vf_hsum_pairs adds each output in the vf_hsum order whatever the batch, so
+ * the bits are a tile's, at a fraction of the cost per row. */
+KS_INLINE void mm_gemv(const struct kern_mm *m, int32_t r0, int32_t r1, const enum kern_dtype DT)
+{
+	const size_t wstride = (size_t)m->cols * (DT == KERN_F32 ? 4 : 2);
+	const float *x = (const float *)m->xp;
+	const int32_t kfull = m->cols / MM_STEP * MM_STEP;
+	for (int32_t r = r0; r < r1; r += VL) {
+		const int nr = r1 - r < VL ? r1 - r : VL;
+		vf acc[VL], s[VL / 2];
+		float out[VL];
+		for (int i = 0; i < VL; i++) {
+			vf a[MM_RMAX][KS_MM_T];
+			a[0][0] = vf_zero();
+			const char *w = (const char *)m->w + (size_t)(r + i) * wstride;
+			for (int32_t k = 0; k < kfull && i < nr; k += MM_STEP)
+				mm_step(a, w, wstride, x, 0, k, MM_STEP, 1, 1, DT);
+			if (kfull < m->cols && i < nr)
+				mm_step(a, w, wstride, x, 0, kfull, m->cols - kfull, 1, 1, DT);
+			acc[i] = a[0][0];
+		}
+		KS_UNROLL
+		for (int c = 0; c < VL / 2; c++)
+			s[c] = ks_pair(1, acc[2 * c], acc[2 * c + 1]);
+		vf_hsum_pairs(s, VL / 2, out);
+		memcpy(m->y + r, out, (size_t)nr * sizeof(float));
+	}
+}
+
+static __attribute__((noinline)) void mm_gemv_f32(const struct kern_mm *m, int32_t r0, int32_t r1)
+{
+	mm_gemv(m, r0, r1, KERN_F32);
+}
+
+static __attribute__((noinline)) void mm_gemv_f16(const struct kern_mm *m, int32_t r0, int32_t r1)
+{
+	mm_gemv(m, r0, r1, KERN_F16);
+}
+
+static __attribute__((noinline)) void mm_gemv_bf16(const struct kern_mm *m, int32_t r0,
+						    int32_t r1)
+{
+	mm_gemv(m, r0, r1, KERN_BF16);
+}
+
 /* Row blocks of MM_RB stay in L2 while every token tile passes over them. */
 static void KS_FN(mm_rows)(const struct kern_mm *m, int32_t r0, int32_t r1)
 {
+	if (m->n == 1) {
+		if (m->dtype == KERN_BF16)
+			mm_gemv_bf16(m, r0, r1);
+		else if (m->dtype == KERN_F16)
+			mm_gemv_f16(m, r0, r1);
+		else
+			mm_gemv_f32(m, r0, r1);
+		return;
+	}
 	const mm_tile_fn(*tiles)[KS_MM_T] = m->dtype == KERN_BF16  ? mm_bf16_tiles
 					    : m->dtype == KERN_F16 ? mm_f16_tiles
 								   : mm_f32_tiles;

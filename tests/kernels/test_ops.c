@@ -190,6 +190,15 @@ static void ref_matmul(const struct wmat *w, const float *x, int32_t n, bool bf1
 
 static const enum kern_dtype dtypes[] = {KERN_F32, KERN_F16, KERN_BF16};
 
+/* Element e of KV head h of the token at slot in a pool array, as kern.h lays it
+ * out: [block][head][token in block][head_dim]. */
+static size_t kv_pool_at(const struct kern_kv_layer *kv, int32_t slot, int32_t h, int32_t e)
+{
+	size_t bs = (size_t)kv->block_size, blk = (size_t)slot / bs, tok = (size_t)slot % bs;
+	return ((blk * (size_t)kv->n_kv_head + (size_t)h) * bs + tok) * (size_t)kv->head_dim +
+	       (size_t)e;
+}
+
 /* ---- backend ------------------------------------------------------------ */
 
 Test(backend, name_threads_alloc_and_bad_params)
@@ -584,12 +593,59 @@ Test(q8, convert_errors_and_special_values)
 	copy.data = kern_alloc(be, kern_mat_bytes(&copy));
 	cr_assert_eq(kern_convert(be, &w.m, &copy, &err), CM_OK, "%s", err.msg);
 	cr_assert(memcmp(copy.data, w.m.data, kern_mat_bytes(&copy)) == 0);
-	cr_assert_eq(kern_mat_row_bytes(&q), 128); /* 96 + 3 scales x 2, to 64 */
+	cr_assert_eq(kern_mat_row_bytes(&q), 192); /* 3 scales x 2 to 64, then 96, to 64 */
 	kern_free(be, (void *)copy.data);
 	kern_free(be, (void *)q.data);
 	kern_free(be, (void *)qc.data);
 	wmat_fini(&w);
 	kern_backend_free(be);
+}
+
+/* Several matrices in one call (q/k/v, gate/up) give each one's kern_matmul bits,
+ * on every ISA, for f32 and bf16 activations and q8_0 weights, rows split at any
+ * place between the matrices. */
+Test(matmul, multi_matrix_call_equals_single_calls)
+{
+	const int32_t cols = 96, rows[3] = {37, 16, 5}, ns[3] = {1, 7, 64};
+	for (int isa = 0; isa <= top_isa(); isa++)
+		for (int mode = 0; mode < 3; mode++) { /* f32 act, bf16 act, q8_0 */
+			bool bf16 = mode == 1 && isa >= KERN_ISA_AVX512BF16;
+			struct kern_backend *be = mk(isa, 2, bf16);
+			struct wmat w[3];
+			struct kern_mat q[3];
+			const struct kern_mat *mats[3];
+			for (int i = 0; i < 3; i++) {
+				wmat_init(&w[i], KERN_BF16, rows[i], cols, 1000 + i);
+				q[i] = mode == 2 ? q8_of(be, &w[i].m) : w[i].m;
+				mats[i] = &q[i];
+			}
+			float *x = malloc(sizeof(float) * 64 * cols);
+			fill(x, (size_t)64 * cols, 31, 1.0f);
+			for (int k = 0; k < 3; k++) {
+				float *y[3], *y1[3];
+				for (int i = 0; i < 3; i++) {
+					y[i] = malloc(sizeof(float) * ns[k] * rows[i]);
+					y1[i] = malloc(sizeof(float) * ns[k] * rows[i]);
+					kern_matmul(be, mats[i], x, ns[k], y1[i]);
+				}
+				kern_matmul_n(be, 3, mats, x, ns[k], y);
+				for (int i = 0; i < 3; i++) {
+					cr_assert(memcmp(y[i], y1[i], sizeof(float) * ns[k] * rows[i]) ==
+							  0,
+						  "%s mode %d n %d matrix %d differs",
+						  kern_backend_name(be), mode, ns[k], i);
+					free(y[i]);
+					free(y1[i]);
+				}
+			}
+			for (int i = 0; i < 3; i++) {
+				if (mode == 2)
+					kern_free(be, (void *)q[i].data);
+				wmat_fini(&w[i]);
+			}
+			free(x);
+			kern_backend_free(be);
+		}
 }
 
 /* ---- machine limits ----------------------------------------------------- */
@@ -835,9 +891,10 @@ Test(kv, store_f16_rounds_to_nearest_even_on_every_isa)
 					   .head_dim = hd};
 		kern_kv_store(be, &kv, k, v, 2, slots);
 		for (int32_t i = 0; i < w; i++) {
-			cr_assert_eq(kp[(size_t)slots[0] * w + i], ref_to_f16(k[i]),
-				     "%s k[%d] = %a", kern_backend_name(be), i, k[i]);
-			cr_assert_eq(vp[(size_t)slots[0] * w + i], ref_to_f16(v[i]));
+			size_t at = kv_pool_at(&kv, slots[0], i / hd, i % hd);
+			cr_assert_eq(kp[at], ref_to_f16(k[i]), "%s k[%d] = %a", kern_backend_name(be),
+				     i, k[i]);
+			cr_assert_eq(vp[at], ref_to_f16(v[i]));
 		}
 		size_t nonzero = 0;
 		for (size_t i = 0; i < pool; i++)
@@ -1039,12 +1096,14 @@ static void attn_case_init(struct attn_case *c, struct kern_backend *be, enum ke
 			kern_kv_store(be, &c->kv, kk, vv, 1, &slot);
 			for (size_t j = 0; j < w; j++) {
 				size_t o = (size_t)slot * w + j;
+				size_t at = kv_pool_at(&c->kv, slot, (int32_t)(j / (size_t)hd),
+						       (int32_t)(j % (size_t)hd));
 				if (dt == KERN_F16) {
-					c->kf[o] = (float)ref_f16(((uint16_t *)c->kv.k)[o]);
-					c->vf[o] = (float)ref_f16(((uint16_t *)c->kv.v)[o]);
+					c->kf[o] = (float)ref_f16(((uint16_t *)c->kv.k)[at]);
+					c->vf[o] = (float)ref_f16(((uint16_t *)c->kv.v)[at]);
 				} else {
-					c->kf[o] = ((float *)c->kv.k)[o];
-					c->vf[o] = ((float *)c->kv.v)[o];
+					c->kf[o] = ((float *)c->kv.k)[at];
+					c->vf[o] = ((float *)c->kv.v)[at];
 				}
 			}
 		}

@@ -16,6 +16,7 @@
 #define BF_RMAX 8  /* most rows per micro-tile */
 #define BF_T	8  /* most tokens per micro-tile */
 #define BF_TG	6  /* tokens per micro-tile of a call with more than BF_T tokens */
+_Static_assert(BF_RMAX * BF_T <= KS_TILE_MAX, "a micro-tile's accumulators fit ks_tile_store");
 #define BF_STEP 32 /* k per vdpbf16ps */
 #define BF_RB	64 /* rows per cache block */
 
@@ -99,24 +100,7 @@ KS_INLINE void bf_tile(const struct kern_mm *m, int32_t r, int32_t t, const int 
 	if (rem)
 		bf_step(acc, w, wstride, x, xs, kfull, last, R, T, PF);
 
-	const int cnt = R * T;
-	__m512 v[BF_RMAX * BF_T + 1], s[(BF_RMAX * BF_T + 1) / 2];
-	float out[BF_RMAX * BF_T + VL];
-	KS_UNROLL
-	for (int i = 0; i < R; i++)
-		KS_UNROLL
-	for (int j = 0; j < T; j++)
-		v[i * T + j] = acc[i][j];
-	v[cnt] = _mm512_setzero_ps();
-	KS_UNROLL
-	for (int c = 0; c < cnt; c += 2)
-		s[c / 2] = ks_pair(1, v[c], v[c + 1]);
-	vf_hsum_pairs(s, (cnt + 1) / 2, out);
-	KS_UNROLL
-	for (int i = 0; i < R; i++)
-		KS_UNROLL
-	for (int j = 0; j < T; j++)
-		m->y[(size_t)(t + j) * (size_t)m->rows + (size_t)(r + i)] = out[i * T + j];
+	ks_tile_store(m->y, m->rows, r, t, R, T, &acc[0][0], BF_T);
 }
 
 /* Rows per tile of T tokens within a call of more than BF_T tokens: 8 for two

@@ -16,6 +16,7 @@
 #define Q8_RMAX	 4  /* most rows per micro-tile */
 #define Q8_T	 8  /* most tokens per micro-tile */
 #define Q8_TG	 3  /* tokens per micro-tile of a call with more than Q8_T tokens */
+_Static_assert(Q8_RMAX * Q8_T <= KS_TILE_MAX, "a micro-tile's accumulators fit ks_tile_store");
 #define Q8_RB	 64 /* rows per cache block */
 #define Q8_SMALL_PF 4 /* tiles of 3+ tokens of a small call prefetch this many tiles ahead
 		       * (as BF_SMALL_PF in ops_avx512bf16.c) */
@@ -119,24 +120,7 @@ KS_INLINE void q8_tile(const struct kern_mm *m, int32_t r, int32_t t, const int 
 	if (q.nblk % KERN_Q8_GROUP)
 		q8_group(facc, w, x, &q, gfull, q.nblk % KERN_Q8_GROUP, false, R, T, PF);
 
-	const int cnt = R * T;
-	__m512 v[Q8_RMAX * Q8_T + 1], s[(Q8_RMAX * Q8_T + 1) / 2];
-	float out[Q8_RMAX * Q8_T + VL];
-	KS_UNROLL
-	for (int i = 0; i < R; i++)
-		KS_UNROLL
-	for (int j = 0; j < T; j++)
-		v[i * T + j] = facc[i][j];
-	v[cnt] = _mm512_setzero_ps();
-	KS_UNROLL
-	for (int c = 0; c < cnt; c += 2)
-		s[c / 2] = ks_pair(1, v[c], v[c + 1]);
-	vf_hsum_pairs(s, (cnt + 1) / 2, out);
-	KS_UNROLL
-	for (int i = 0; i < R; i++)
-		KS_UNROLL
-	for (int j = 0; j < T; j++)
-		m->y[(size_t)(t + j) * (size_t)m->rows + (size_t)(r + i)] = out[i * T + j];
+	ks_tile_store(m->y, m->rows, r, t, R, T, &facc[0][0], Q8_T);
 }
 
 /* Rows per tile of T tokens in a call of more than Q8_T tokens; a call of at most

@@ -435,6 +435,33 @@ KS_INLINE void vf_hsum_pairs(vf *s, int n, float *out)
 		vf_store(out + g * VL, ks_tree_order(s[g]));
 }
 
+#define KS_TILE_MAX 64 /* most accumulators of a matmul micro-tile */
+
+/* The end of every matmul micro-tile: reduces the R x T accumulators acc[i * ld + j]
+ * (each in the vf_hsum order) and stores them at y[(t + j) * rows + r + i]. */
+KS_INLINE void ks_tile_store(float *y, int32_t rows, int32_t r, int32_t t, const int R,
+			     const int T, const vf *acc, const int ld)
+{
+	const int cnt = R * T;
+	vf v[KS_TILE_MAX + 1], s[(KS_TILE_MAX + 1) / 2];
+	float out[KS_TILE_MAX + VL];
+	KS_UNROLL
+	for (int i = 0; i < R; i++)
+		KS_UNROLL
+	for (int j = 0; j < T; j++)
+		v[i * T + j] = acc[i * ld + j];
+	v[cnt] = vf_zero();
+	KS_UNROLL
+	for (int c = 0; c < cnt; c += 2)
+		s[c / 2] = ks_pair(1, v[c], v[c + 1]);
+	vf_hsum_pairs(s, (cnt + 1) / 2, out);
+	KS_UNROLL
+	for (int i = 0; i < R; i++)
+		KS_UNROLL
+	for (int j = 0; j < T; j++)
+		y[(size_t)(t + j) * (size_t)rows + (size_t)(r + i)] = out[i * T + j];
+}
+
 /* Lane j of the result = vf_hsum(a[j]), for j < VL. */
 KS_INLINE vf vf_hsum_vl(const vf *a)
 {

@@ -27,6 +27,7 @@
 #define MM_RMAX 8	 /* most rows per micro-tile */
 #define MM_STEP (2 * VL) /* k per step */
 #define MM_RB	64	 /* rows per cache block (weights stay in L2 across tokens) */
+_Static_assert(MM_RMAX * KS_MM_T <= KS_TILE_MAX, "a micro-tile's accumulators fit ks_tile_store");
 
 /* ---- row ops ------------------------------------------------------------ */
 
@@ -631,24 +632,7 @@ KS_INLINE void mm_load_w(enum kern_dtype dt, const char *row, int32_t k, int n, 
 KS_INLINE void mm_store(const struct kern_mm *m, int32_t r, int32_t t, const int R, const int T,
 			vf (*acc)[KS_MM_T])
 {
-	const int cnt = R * T;
-	vf v[MM_RMAX * KS_MM_T + 1], s[(MM_RMAX * KS_MM_T + 1) / 2];
-	float out[MM_RMAX * KS_MM_T + VL];
-	KS_UNROLL
-	for (int i = 0; i < R; i++)
-		KS_UNROLL
-	for (int j = 0; j < T; j++)
-		v[i * T + j] = acc[i][j];
-	v[cnt] = vf_zero();
-	KS_UNROLL
-	for (int c = 0; c < cnt; c += 2)
-		s[c / 2] = ks_pair(1, v[c], v[c + 1]);
-	vf_hsum_pairs(s, (cnt + 1) / 2, out);
-	KS_UNROLL
-	for (int i = 0; i < R; i++)
-		KS_UNROLL
-	for (int j = 0; j < T; j++)
-		m->y[(size_t)(t + j) * (size_t)m->rows + (size_t)(r + i)] = out[i * T + j];
+	ks_tile_store(m->y, m->rows, r, t, R, T, &acc[0][0], KS_MM_T);
 }
 
 /* One k step of a tile: n elements (MM_STEP but in the last step). Every

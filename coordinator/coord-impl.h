@@ -146,6 +146,7 @@ struct coord_metrics {
 	uint64_t failed;      /* ended with an error status */
 	uint64_t cancelled;   /* client went away or deadline passed */
 	uint64_t replaced;    /* re-placed after a worker loss */
+	uint64_t retargeted;  /* of which only the decode side moved (no re-encoding) */
 	uint64_t thought_tokens, answer_tokens, input_tokens, prompt_tokens;
 	uint64_t workers_lost;
 };
@@ -154,23 +155,28 @@ void coord_metrics_init(struct coord_metrics *m);
 
 /* ---- server state (server.c, request.c, registry.c) ---------------------- */
 
+/* One registered worker; its scheduler view is c->sw at the same index. */
 struct coord_worker {
 	bool used, ready;
 	struct coord_peer peer;
 	char id[65];
-	int32_t role;
+	int32_t role; /* tandem_internal_v1_Role */
 	char device[33];
 	int64_t last_seen_us;
 	int32_t kv_tokens, max_seqs;
+	int64_t kv_bytes;	 /* its KV pool as it reports it */
+	char kv_endpoint[257];	 /* its KV link ("": none, whole requests only) */
+	bool nccl;		 /* it has the NCCL KV transport */
+	uint64_t nccl_pairs;	 /* bit d: an NCCL communicator with worker d (as sender) */
 	tandem_internal_v1_Heartbeat hb;
-	struct sched_worker s;
 };
 
 enum coord_req_state { COORD_REQ_WAIT_OPEN = 0, COORD_REQ_RUNNING, COORD_REQ_DONE };
 
 struct coord_req {
 	struct coord_req *prev, *next;
-	uint64_t id; /* the coordinator's: on the wire to workers */
+	uint64_t id; /* the coordinator's: on the wire to workers; a restart that starts a
+		      * fresh sequence takes a new one (late events of the old are ignored) */
 	char client_id[65];
 	enum coord_method kind;
 	struct coord_rpc *rpc; /* NULL once the client is gone */
@@ -188,9 +194,11 @@ struct coord_req {
 	int64_t n_client_tokens; /* tokens the client sent (before template) */
 	struct md_seg *seg;
 	char *instruct; /* the template's instruct + the system instruction */
-	int worker;	/* index in workers, -1 when not placed */
+	int worker;	/* index in workers of the decode side (or the whole request), -1
+			 * when not placed */
+	int enc;	/* index of the encode side of a split request; -1: whole */
+	struct sched_ticket t; /* what the scheduler charged its workers */
 	int32_t attempt;
-	double cost;
 	struct md_tok_stream ts;
 	int32_t n_thought, n_answer, n_prompt;
 	int64_t waited; /* client tokens received at the first thought; -1 before */
@@ -209,6 +217,9 @@ struct coord {
 	struct coord_link *link;
 	struct coord_http *http;
 	struct coord_worker workers[COORD_MAX_WORKERS];
+	struct sched_worker sw[COORD_MAX_WORKERS]; /* the scheduler's view of workers[] */
+	struct sched_params sp;
+	struct sched_policy pol;
 	struct coord_req *reqs;
 	int n_reqs;
 	uint64_t next_id;
@@ -235,11 +246,32 @@ void coord__req_end_all(struct coord *c, int status, const char *msg);
 struct coord_req *coord__req_find_client(struct coord *c, const char *client_id);
 void coord__req_abort(struct coord *c, struct coord_req *r);
 
+/* place.c: placement through scheduler/ and the messages that start, feed and
+ * end a request on its workers (the encode side gets the units when split). */
+void coord__sched_init(struct coord *c);
+/* Places r and replays its kept input; CM_EAGAIN when no worker can take it. */
+int coord__req_place(struct coord *c, struct coord_req *r);
+/* Worker lost is gone (no longer live): moves r. *retargeted: only the decode
+ * side moved and the encode worker ships its kept shard again; else r starts
+ * afresh under a new id. CM_EAGAIN when no worker can take it (r is then
+ * unplaced). */
+int coord__req_replace(struct coord *c, struct coord_req *r, int lost, bool *retargeted);
+void coord__unplace(struct coord *c, struct coord_req *r);
+void coord__send_unit(struct coord *c, struct coord_req *r, int32_t k);
+void coord__send_close(struct coord *c, struct coord_req *r);
+void coord__send_abort(struct coord *c, struct coord_req *r);
+/* A heartbeat of worker w: its requests' charges are re-estimated. */
+void coord__progress(struct coord *c, int w);
+/* Worker w left: no NCCL pair with it stays. */
+void coord__nccl_forget(struct coord *c, int w);
+
 /* registry.c */
 void coord__link_message(struct coord *c, const struct coord_peer *peer,
 			 const tandem_internal_v1_WorkerMsg *msg);
 void coord__check_workers(struct coord *c);
 int coord__ready_workers(const struct coord *c);
+/* Workers that can take requests: ready, and not only encoding. */
+int coord__serving_workers(const struct coord *c);
 /* A zeroed CoordMsg of type which_msg to fill and send with coord__send. */
 tandem_internal_v1_CoordMsg *coord__cmsg(struct coord *c, pb_size_t which);
 void coord__send(struct coord *c, int w);

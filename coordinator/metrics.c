@@ -97,14 +97,71 @@ static void per_worker(struct coord *c, FILE *f, const char *name, const char *t
 			v = w->hb.running;
 			break;
 		case 2:
-			v = w->s.outstanding_flops;
+			v = c->sw[i].outstanding_flops;
 			break;
 		case 3:
 			v = (double)w->hb.tokens_decoded;
 			break;
+		case 4:
+			v = (double)w->hb.tokens_prefilled;
+			break;
+		case 5:
+			v = (double)w->hb.kv_bytes_sent;
+			break;
+		case 6:
+			v = (double)w->hb.kv_bytes_received;
+			break;
+		case 7:
+			v = (double)w->hb.kv_stalls;
+			break;
+		case 8:
+			v = w->hb.flops;
+			break;
 		}
 		fprintf(f, "%s{model_name=\"%s\",worker=\"%s\",role=\"%s\"} %.17g\n", name,
 			c->model_name, w->id, role_name(w->role), v);
+	}
+}
+
+/* Source tokens over the KV link, by direction (resends included in "sent"). */
+static void kv_link_tokens(struct coord *c, FILE *f)
+{
+	const char *name = "tandem_worker_kv_link_tokens_total";
+	header(f, name, "counter",
+	       "Source tokens a worker shipped (sent, resends included) or handed to its engine "
+	       "(received) over the KV link.");
+	for (int i = 0; i < COORD_MAX_WORKERS; i++) {
+		const struct coord_worker *w = &c->workers[i];
+		if (!w->used)
+			continue;
+		fprintf(f,
+			"%s{model_name=\"%s\",worker=\"%s\",role=\"%s\",direction=\"sent\"} "
+			"%lld\n",
+			name, c->model_name, w->id, role_name(w->role),
+			(long long)w->hb.kv_tokens_sent);
+		fprintf(f,
+			"%s{model_name=\"%s\",worker=\"%s\",role=\"%s\",direction=\"received\"} "
+			"%lld\n",
+			name, c->model_name, w->id, role_name(w->role),
+			(long long)w->hb.kv_tokens_received);
+	}
+}
+
+/* The scheduler's own per-worker series (scheduler/sched.h). */
+static void sched_metrics(struct coord *c, FILE *f)
+{
+	for (int k = 0; k < SCHED_N_METRICS; k++) {
+		const struct sched_metric *m = sched_metric(k);
+		if (!m)
+			continue;
+		header(f, m->name, m->type, m->help);
+		for (int i = 0; i < COORD_MAX_WORKERS; i++) {
+			const struct coord_worker *w = &c->workers[i];
+			if (w->used)
+				fprintf(f, "%s{model_name=\"%s\",worker=\"%s\",role=\"%s\"} %.17g\n",
+					m->name, c->model_name, w->id, role_name(w->role),
+					sched_metric_value(&c->sw[i], k));
+		}
 	}
 }
 
@@ -153,6 +210,10 @@ void coord__metrics_write(struct coord *c, FILE *f)
 	    "Requests whose client cancelled or whose deadline passed.", (double)m->cancelled);
 	one(f, mn, "tandem_requests_replaced_total", "counter",
 	    "Requests restarted on another worker after a worker was lost.", (double)m->replaced);
+	one(f, mn, "tandem_requests_retargeted_total", "counter",
+	    "Split requests whose decode side moved after its worker was lost; the encode "
+	    "worker shipped its kept KV again (no re-encoding).",
+	    (double)m->retargeted);
 	one(f, mn, "tandem_workers_lost_total", "counter",
 	    "Workers removed after missing their heartbeats.", (double)m->workers_lost);
 
@@ -175,4 +236,19 @@ void coord__metrics_write(struct coord *c, FILE *f)
 		   "Estimated FLOPs of the work placed on a worker and not finished.", 2);
 	per_worker(c, f, "tandem_worker_decoded_tokens_total", "counter",
 		   "Tokens a worker has decoded since it started (its last heartbeat).", 3);
+	per_worker(c, f, "tandem_worker_prefilled_tokens_total", "counter",
+		   "Tokens a worker has prefilled since it started (an encode worker: the source "
+		   "it encoded).",
+		   4);
+	kv_link_tokens(c, f);
+	per_worker(c, f, "tandem_worker_kv_link_sent_bytes_total", "counter",
+		   "Source KV bytes a worker shipped over the KV link.", 5);
+	per_worker(c, f, "tandem_worker_kv_link_received_bytes_total", "counter",
+		   "Source KV bytes a worker received over the KV link.", 6);
+	per_worker(c, f, "tandem_worker_kv_link_stalls_total", "counter",
+		   "KV link sends refused because the decode side held its acks (back-pressure).",
+		   7);
+	per_worker(c, f, "tandem_worker_flops_total", "counter",
+		   "Forward FLOPs a worker has done since it started (its engine's accounting).", 8);
+	sched_metrics(c, f);
 }

@@ -52,13 +52,25 @@ int coord__ready_workers(const struct coord *c)
 	return n;
 }
 
+int coord__serving_workers(const struct coord *c)
+{
+	int n = 0;
+	for (int i = 0; i < COORD_MAX_WORKERS; i++)
+		n += c->workers[i].used && c->workers[i].ready &&
+		     c->workers[i].role != tandem_internal_v1_Role_ROLE_ENCODE;
+	return n;
+}
+
 static void remove_worker(struct coord *c, int w, const char *why)
 {
 	CM_LOG_WARN("worker %s removed: %s", c->workers[w].id, why);
 	c->workers[w].ready = false;
+	c->sw[w].live = false;
 	c->m.workers_lost++;
 	coord__worker_lost(c, w);
+	coord__nccl_forget(c, w);
 	memset(&c->workers[w], 0, sizeof(c->workers[w]));
+	memset(&c->sw[w], 0, sizeof(c->sw[w]));
 }
 
 static void send_to_peer(struct coord *c, const struct coord_peer *p)
@@ -95,10 +107,20 @@ static void on_hello(struct coord *c, const struct coord_peer *p, const tandem_i
 	k->peer = *p;
 	coord__strcpy(k->id, sizeof(k->id), h->worker_id[0] ? h->worker_id : "worker");
 	coord__strcpy(k->device, sizeof(k->device), h->device[0] ? h->device : "cpu");
-	k->role = h->role;
+	k->role = h->role == tandem_internal_v1_Role_ROLE_ENCODE ||
+				  h->role == tandem_internal_v1_Role_ROLE_DECODE
+			  ? h->role
+			  : tandem_internal_v1_Role_ROLE_BOTH;
+	k->nccl = h->nccl;
 	k->last_seen_us = cm_time_us();
+	struct sched_worker *s = &c->sw[w];
+	memset(s, 0, sizeof(*s));
+	s->role = (enum sched_role)k->role;
+	s->cap.flop_rate = h->peak_flops > 0 ? h->peak_flops : 0;
+	s->cap.bandwidth = h->read_bytes_per_s > 0 ? h->read_bytes_per_s : 0;
 	wl->accepted = true;
-	CM_LOG_INFO("worker %s registered (%s, role %d)", k->id, k->device, (int)k->role);
+	CM_LOG_INFO("worker %s registered (%s, role %d, %.1f GFLOP/s, %.1f GB/s)", k->id, k->device,
+		    (int)k->role, s->cap.flop_rate / 1e9, s->cap.bandwidth / 1e9);
 	send_to_peer(c, p);
 }
 
@@ -108,9 +130,14 @@ static void on_ready(struct coord *c, int w, const tandem_internal_v1_Ready *r)
 	k->ready = true;
 	k->kv_tokens = r->kv_tokens;
 	k->max_seqs = r->max_seqs;
-	k->s.max_seqs = r->max_seqs;
-	CM_LOG_INFO("worker %s ready (kv %d tokens, %d sequences)", k->id, r->kv_tokens,
-		    r->max_seqs);
+	k->kv_bytes = r->kv_bytes;
+	coord__strcpy(k->kv_endpoint, sizeof(k->kv_endpoint), r->kv_endpoint);
+	struct sched_worker *s = &c->sw[w];
+	s->live = true;
+	s->max_seqs = r->max_seqs;
+	s->cap.kv_bytes = r->kv_tokens > 0 ? r->kv_tokens * sched_kv_token_bytes(&c->cfg, &c->sp) : 0;
+	CM_LOG_INFO("worker %s ready (kv %d tokens, %d sequences%s%s)", k->id, r->kv_tokens,
+		    r->max_seqs, k->kv_endpoint[0] ? ", KV link " : "", k->kv_endpoint);
 }
 
 void coord__link_message(struct coord *c, const struct coord_peer *peer,
@@ -130,6 +157,8 @@ void coord__link_message(struct coord *c, const struct coord_peer *peer,
 		return on_ready(c, w, &msg->msg.ready);
 	case tandem_internal_v1_WorkerMsg_heartbeat_tag:
 		c->workers[w].hb = msg->msg.heartbeat;
+		if (c->workers[w].ready)
+			coord__progress(c, w);
 		coord__cmsg(c, tandem_internal_v1_CoordMsg_ack_tag);
 		return coord__send(c, w);
 	case tandem_internal_v1_WorkerMsg_events_tag:

@@ -1,7 +1,7 @@
 /* Request state machines: Think (Open, Input*, Close) and Generate, the relay of
  * worker tokens to the client as ThinkEvents, and re-placement when a worker is
- * lost. A request keeps its input (every unit sent to the worker) until it ends,
- * so it can start again on another worker. */
+ * lost (place.c chooses the workers). A request keeps its input (every unit
+ * sent to a worker) until it ends, so it can start again on another worker. */
 #include "coord-impl.h"
 
 #include <stdlib.h>
@@ -17,7 +17,8 @@ static struct coord_req *req_new(struct coord *c, struct coord_rpc *rpc, enum co
 	r->id = ++c->next_id;
 	r->kind = kind;
 	r->rpc = rpc;
-	r->worker = -1;
+	r->worker = r->enc = -1;
+	r->t.worker[SCHED_ENCODE] = r->t.worker[SCHED_DECODE] = -1;
 	r->waited = -1;
 	r->t_open = cm_time_us();
 	snprintf(r->client_id, sizeof(r->client_id), "req-%llu", (unsigned long long)r->id);
@@ -31,23 +32,9 @@ static struct coord_req *req_new(struct coord *c, struct coord_rpc *rpc, enum co
 	return r;
 }
 
-static void unplace(struct coord *c, struct coord_req *r)
-{
-	if (r->worker < 0)
-		return;
-	struct coord_worker *w = &c->workers[r->worker];
-	w->s.requests--;
-	w->s.outstanding_flops -= r->cost;
-	if (w->s.requests <= 0) {
-		w->s.requests = 0;
-		w->s.outstanding_flops = 0;
-	}
-	r->worker = -1;
-}
-
 static void req_free(struct coord *c, struct coord_req *r)
 {
-	unplace(c, r);
+	coord__unplace(c, r);
 	if (r->prev)
 		r->prev->next = r->next;
 	else
@@ -62,20 +49,11 @@ static void req_free(struct coord *c, struct coord_req *r)
 	free(r);
 }
 
-static void send_abort(struct coord *c, struct coord_req *r)
-{
-	if (r->worker < 0)
-		return;
-	tandem_internal_v1_CoordMsg *m = coord__cmsg(c, tandem_internal_v1_CoordMsg_abort_tag);
-	m->msg.abort.req = r->id;
-	coord__send(c, r->worker);
-}
-
 /* Ends r with an error status: the worker drops it, the client gets the status. */
 static void req_fail(struct coord *c, struct coord_req *r, int status, const char *msg)
 {
 	CM_LOG_INFO("request %s: %s: %s", r->client_id, coord_status_name(status), msg);
-	send_abort(c, r);
+	coord__send_abort(c, r);
 	if (r->rpc)
 		coord_rpc_finish(r->rpc, status, msg);
 	c->m.failed++;
@@ -85,7 +63,7 @@ static void req_fail(struct coord *c, struct coord_req *r, int status, const cha
 void coord__req_abort(struct coord *c, struct coord_req *r)
 {
 	if (r->worker >= 0)
-		send_abort(c, r);
+		coord__send_abort(c, r);
 	else
 		req_fail(c, r, COORD_CANCELLED, "aborted");
 }
@@ -157,70 +135,6 @@ static int append_unit(struct coord_req *r, const int32_t *ids, int64_t n)
 	return CM_OK;
 }
 
-static void send_unit(struct coord *c, struct coord_req *r, int32_t k)
-{
-	int64_t b = k ? r->unit_end[k - 1] : 0, e = r->unit_end[k];
-	tandem_internal_v1_CoordMsg *m = coord__cmsg(c, tandem_internal_v1_CoordMsg_unit_tag);
-	m->msg.unit.req = r->id;
-	m->msg.unit.ids_count = (pb_size_t)(e - b);
-	memcpy(m->msg.unit.ids, r->input + b, (size_t)(e - b) * sizeof(int32_t));
-	coord__send(c, r->worker);
-}
-
-static void send_close(struct coord *c, struct coord_req *r)
-{
-	tandem_internal_v1_CoordMsg *m = coord__cmsg(c, tandem_internal_v1_CoordMsg_close_tag);
-	m->msg.close.req = r->id;
-	coord__send(c, r->worker);
-}
-
-/* Puts r on the least loaded worker and replays its kept input there.
- * CM_EAGAIN when no worker is ready. */
-static int req_place(struct coord *c, struct coord_req *r)
-{
-	struct sched_worker sw[COORD_MAX_WORKERS];
-	for (int i = 0; i < COORD_MAX_WORKERS; i++) {
-		sw[i] = c->workers[i].s;
-		sw[i].live = c->workers[i].used && c->workers[i].ready;
-	}
-	int w = sched_req_place(sw, COORD_MAX_WORKERS);
-	if (w < 0)
-		return CM_EAGAIN;
-	r->worker = w;
-	r->cost = sched_req_cost(&c->cfg, r->kind == COORD_M_GENERATE ? r->n_input : 512,
-				 r->max_tokens);
-	c->workers[w].s.requests++;
-	c->workers[w].s.outstanding_flops += r->cost;
-	if (!r->t_placed)
-		r->t_placed = cm_time_us();
-
-	tandem_internal_v1_CoordMsg *m = coord__cmsg(c, tandem_internal_v1_CoordMsg_start_tag);
-	tandem_internal_v1_Start *s = &m->msg.start;
-	s->req = r->id;
-	s->mode = (tandem_internal_v1_Mode)r->mode;
-	s->max_tokens = r->max_tokens;
-	s->has_sampling = true;
-	s->sampling = r->sampling;
-	s->stop_ids_count = (pb_size_t)r->n_stop;
-	memcpy(s->stop_ids, r->stop_ids, (size_t)r->n_stop * sizeof(int32_t));
-	s->phi = 0;
-	s->unit_budget = r->unit_budget;
-	s->final_budget = r->final_budget;
-	s->depth = r->depth;
-	if (r->kind == COORD_M_GENERATE) {
-		s->prompt_count = (pb_size_t)r->n_input;
-		memcpy(s->prompt, r->input, (size_t)r->n_input * sizeof(int32_t));
-		coord__send(c, w);
-		return CM_OK;
-	}
-	coord__send(c, w);
-	for (int32_t k = 0; k < r->n_units; k++)
-		send_unit(c, r, k);
-	if (r->closed)
-		send_close(c, r);
-	return CM_OK;
-}
-
 struct unit_ctx {
 	struct coord *c;
 	struct coord_req *r;
@@ -241,7 +155,7 @@ static void on_unit(void *ud, int32_t index, const int32_t *ids, int32_t n)
 	if (index > 0) /* unit 0 is the template's instruction */
 		u->r->n_client_tokens += n;
 	if (u->r->worker >= 0)
-		send_unit(u->c, u->r, u->r->n_units - 1);
+		coord__send_unit(u->c, u->r, u->r->n_units - 1);
 }
 
 static void fail_unit(struct coord *c, struct coord_req *r, int rc, struct cm_err *err)
@@ -317,7 +231,7 @@ static void think_open(struct coord *c, struct coord_req *r, const tandem_v1_Ope
 	if (!r->seg)
 		return req_fail(c, r, COORD_FAILED_PRECONDITION, err.msg);
 	r->state = COORD_REQ_RUNNING;
-	if (req_place(c, r) < 0)
+	if (coord__req_place(c, r) < 0)
 		return req_fail(c, r, COORD_UNAVAILABLE, "no worker is ready");
 }
 
@@ -357,7 +271,7 @@ static void think_close(struct coord *c, struct coord_req *r)
 	r->closed = true;
 	r->t_close = cm_time_us();
 	if (r->worker >= 0)
-		send_close(c, r);
+		coord__send_close(c, r);
 }
 
 static void think_msg(struct coord *c, struct coord_req *r, const uint8_t *data, size_t len)
@@ -464,7 +378,7 @@ static void generate_msg(struct coord *c, struct coord_req *r, const uint8_t *da
 	r->state = COORD_REQ_RUNNING;
 	r->closed = true;
 	r->t_close = r->t_open;
-	if (req_place(c, r) < 0)
+	if (coord__req_place(c, r) < 0)
 		return req_fail(c, r, COORD_UNAVAILABLE, "no worker is ready");
 }
 
@@ -510,7 +424,7 @@ void coord__rpc_event(struct coord *c, const struct coord_rpc_ev *ev)
 			CM_LOG_INFO("request %s: client gone (%s)", r->client_id,
 				    ev->deadline ? "deadline" : "cancelled");
 			r->rpc = NULL;
-			send_abort(c, r);
+			coord__send_abort(c, r);
 			c->m.cancelled++;
 			req_free(c, r);
 		}
@@ -626,8 +540,15 @@ void coord__worker_events(struct coord *c, int w, const tandem_internal_v1_Event
 	for (pb_size_t i = 0; i < evs->ev_count; i++) {
 		const tandem_internal_v1_TokenEvent *e = &evs->ev[i];
 		struct coord_req *r = req_find(c, e->req);
+		if (r && r->enc == w && e->finish != tandem_internal_v1_Finish_FINISH_NONE &&
+		    e->finish != tandem_internal_v1_Finish_FINISH_ABORT) {
+			/* the encode side ended on its own: its KV cache is full */
+			req_fail(c, r, COORD_RESOURCE_EXHAUSTED,
+				 "the encode worker's KV cache is full");
+			continue;
+		}
 		if (!r || r->worker != w)
-			continue; /* ended here already, or moved */
+			continue; /* ended here already, or moved, or the encode side */
 		if (e->token >= 0 && e->token < c->cfg.vocab)
 			req_token(c, r, e);
 		if (e->finish != tandem_internal_v1_Finish_FINISH_NONE)
@@ -653,7 +574,7 @@ static int status_of(int32_t code)
 void coord__worker_failed(struct coord *c, int w, const tandem_internal_v1_Failed *f)
 {
 	struct coord_req *r = req_find(c, f->req);
-	if (!r || r->worker != w || f->code == CM_ENOENT)
+	if (!r || (r->worker != w && r->enc != w) || f->code == CM_ENOENT)
 		return;
 	char msg[300];
 	snprintf(msg, sizeof(msg), "worker: %s", f->msg);
@@ -665,23 +586,29 @@ void coord__worker_lost(struct coord *c, int w)
 	struct coord_req *r = c->reqs, *next;
 	for (; r; r = next) {
 		next = r->next;
-		if (r->worker != w)
+		if (r->worker != w && r->enc != w)
 			continue;
-		unplace(c, r);
+		bool encode = r->enc == w, retargeted;
 		r->attempt++;
 		c->m.replaced++;
 		r->n_thought = r->n_answer = 0;
 		r->t_first_answer = r->t_last_answer = 0;
 		md_tok_stream_init(&r->ts, c->tok);
-		if (req_place(c, r) < 0) {
+		if (coord__req_replace(c, r, w, &retargeted) < 0) {
 			req_fail(c, r, COORD_UNAVAILABLE,
 				 "its worker was lost and no worker is left");
 			continue;
 		}
+		if (retargeted)
+			c->m.retargeted++;
 		tandem_v1_ThinkEvent *ev = event(c, tandem_v1_ThinkEvent_restart_tag);
 		snprintf(ev->event.restart.reason, sizeof(ev->event.restart.reason),
-			 "worker %.40s was lost; restarted on %.40s", c->workers[w].id,
-			 c->workers[r->worker].id);
+			 retargeted ? "decode worker %.32s was lost; reasoning restarts on %.32s "
+				      "from the kept KV"
+			 : encode   ? "encode worker %.40s was lost; restarted on %.40s"
+				    : "worker %.40s was lost; restarted on %.40s",
+			 c->workers[w].id,
+			 c->workers[encode && r->enc >= 0 ? r->enc : r->worker].id);
 		ev->event.restart.attempt = r->attempt;
 		emit(c, r);
 	}

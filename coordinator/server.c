@@ -98,8 +98,8 @@ static void load(struct coord *c, struct coord_rpc *rpc)
 		o->kv_usage_ratio = w->hb.kv_blocks_total
 					    ? (double)w->hb.kv_blocks_used / w->hb.kv_blocks_total
 					    : 0;
-		o->scheduled_flops = w->s.outstanding_flops;
-		o->requests = w->s.requests;
+		o->scheduled_flops = c->sw[i].outstanding_flops;
+		o->requests = c->sw[i].requests;
 	}
 	for (struct coord_req *r = c->reqs; r; r = r->next) {
 		if (r->worker >= 0)
@@ -142,7 +142,7 @@ void coord__unary(struct coord *c, struct coord_rpc *rpc, const uint8_t *data, s
 
 static bool http_ready(void *ud)
 {
-	return coord__ready_workers(ud) > 0;
+	return coord__serving_workers(ud) > 0;
 }
 
 static void http_metrics(void *ud, FILE *f)
@@ -259,6 +259,7 @@ int coord_serve(const struct coord_params *p, struct cm_err *err)
 		return cm_err_set(err, CM_ENOMEM, "out of memory");
 	c->p = p;
 	coord_metrics_init(&c->m);
+	coord__sched_init(c);
 	int rc = start(c, err);
 	while (rc == CM_OK && !(p->stop && *p->stop))
 		loop_once(c);

@@ -51,6 +51,12 @@ static const struct bench_mode bench_modes[] = {
 	  "prefill, decode and batched decode of one model against the measured rooflines" },
 	{ "streaming", tool_bench_streaming,
 	  "streaming vs batch thinking: tokens waited and time to the answer (bench_streaming.c)" },
+	{ "serving", tool_bench_serving,
+	  "a running cluster under load: time to first thought, inter-token latency, time to the "
+	  "final answer (bench_serving.c)" },
+	{ "scheduler", tool_bench_sched,
+	  "the scheduler against round robin and least requests in the plan simulator "
+	  "(bench_sched.c)" },
 };
 
 int tool_bench(const struct tandem_opts *o, int argc, char **argv)

@@ -29,16 +29,20 @@ static const struct subcommand subcommands[] = {
 	  "[engine] --model DIR [--prompt-tokens N] [--gen-tokens N] [--threads N] [--batch B] "
 	  "[--json]\n"
 	  "       tandem bench streaming --model DIR [--input FILE] [--read-rate TOK_PER_S] "
-	  "[--unit-budget N] [--final-budget N] [--json]",
+	  "[--unit-budget N] [--final-budget N] [--json]\n"
+	  "       tandem bench serving --target HOST:PORT [--requests N] [--concurrency N] "
+	  "[--read-rate TOK_PER_S] [--json]",
 	  "Measure prefill and decode speed against this machine's measured rooflines." },
 	{ "serve", CMD_SERVE, tool_serve,
 	  "--model DIR [--grpc-port P] [--http-port H] [--worker-port W] [--host ADDR]",
 	  "Run the coordinator: the gRPC API, the HTTP plane (metrics) and the worker registry." },
 	{ "worker", CMD_WORKER, tool_worker,
-	  "--coordinator ADDR [--role both] [--device cpu] [--threads N] [--model DIR]",
+	  "--coordinator ADDR [--role both|encode|decode] [--kv-listen tcp://HOST:PORT] "
+	  "[--threads N] [--model DIR]",
 	  "Run a worker: load the model, register with the coordinator, serve its requests." },
 	{ "up", CMD_UP, tool_up,
-	  "[--model DIR] [--workers N] [--grpc-port P] [--http-port H]",
+	  "[--model DIR] [--workers N | --encode-workers N --decode-workers M] [--grpc-port P] "
+	  "[--http-port H]",
 	  "Start a coordinator and workers on this machine; Ctrl-C stops them all." },
 	{ "think", CMD_THINK, tool_think,
 	  "--addr HOST:PORT [--file F | -] [--rate TOK_PER_S] [--mode streaming|batch]",

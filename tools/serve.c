@@ -69,6 +69,9 @@ int tool_worker(const struct tandem_opts *o, int argc, char **argv)
 	p.coordinator = o->coordinator;
 	p.model = o->model;
 	p.role = o->role;
+	p.kv_listen = o->kv_listen;
+	p.peak_gflops = o->peak_gflops;
+	p.read_gbps = o->read_gbps;
 	p.device = o->device;
 	p.id = o->worker_id;
 	p.threads = (int)o->threads;

@@ -90,6 +90,17 @@ struct tandem_opts {
 	const char *template_file;
 	const char *input;
 	double read_rate;
+	/* bench serving */
+	const char *target;
+	int64_t requests, concurrency;
+	/* disaggregation: worker and up */
+	const char *kv_listen;
+	double peak_gflops, read_gbps;
+	int64_t encode_workers, decode_workers;
+	/* bench scheduler */
+	int64_t sched_requests;
+	double sched_load;
+	const char *sched_cluster;
 };
 
 extern const struct cm_opt tandem_opt_table[];
@@ -110,6 +121,11 @@ struct wk_model;
 int tool_model_weights(const struct tandem_opts *o, struct wk_model *m, struct cm_err *err);
 /* tandem bench streaming (tools/bench_streaming.c): streaming vs batch thinking. */
 int tool_bench_streaming(const struct tandem_opts *o, int argc, char **argv);
+/* tandem bench serving (tools/bench_serving.c): latency of a running cluster under load. */
+int tool_bench_serving(const struct tandem_opts *o, int argc, char **argv);
+/* tandem bench scheduler (tools/bench_sched.c): the plan simulator, the scheduler
+ * against round robin and least requests. */
+int tool_bench_sched(const struct tandem_opts *o, int argc, char **argv);
 /* The StreamingThinker template of --template FILE (else the defaults), with
  * --depth applied; free with md_seg_template_fini(). */
 struct md_seg_template;

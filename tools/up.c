@@ -1,8 +1,9 @@
 /* tandem up: a local cluster in one command. Starts `tandem serve` and N
  * `tandem worker` processes (children of this one) on a model folder (by default
  * the embedded tiny model, generated into the cache on first use), waits until
- * a worker is ready, prints where to connect, and stops them all on Ctrl-C or
- * when one of them exits. */
+ * every worker is ready, prints where to connect, and stops them all on Ctrl-C
+ * or when one of them exits. With --encode-workers and --decode-workers it
+ * starts the split layout (docs/disaggregation.md), dividing the cores. */
 #include "tools.h"
 
 #include <arpa/inet.h>
@@ -90,23 +91,44 @@ static int resolve_model(struct up *u)
 	return 0;
 }
 
-/* GET /readyz on the coordinator's HTTP plane: true on 200. */
-static bool ready(const char *host, int port)
+/* GET path on the coordinator's HTTP plane into buf[cap] (NUL-terminated);
+ * the bytes read, or -1. */
+static ssize_t http_get(const char *host, int port, const char *path, char *buf, size_t cap)
 {
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
 	if (fd < 0)
-		return false;
+		return -1;
 	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-	bool ok = false;
+	ssize_t len = -1;
+	char req[128];
+	int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\n\r\n", path);
 	if (inet_pton(AF_INET, host, &sa.sin_addr) == 1 &&
-	    connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-		const char req[] = "GET /readyz HTTP/1.0\r\n\r\n";
-		char buf[64] = {0};
-		if (write(fd, req, sizeof(req) - 1) == (ssize_t)sizeof(req) - 1 &&
-		    read(fd, buf, sizeof(buf) - 1) > 12)
-			ok = !strncmp(buf + 9, "200", 3);
+	    connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 && write(fd, req, (size_t)n) == n) {
+		ssize_t r;
+		len = 0;
+		while ((size_t)len < cap - 1 && (r = read(fd, buf + len, cap - 1 - (size_t)len)) > 0)
+			len += r;
+		buf[len] = 0;
 	}
 	close(fd);
+	return len;
+}
+
+/* True once every worker started is registered with its model loaded
+ * (tandem_workers_ready on /metrics) and the coordinator is ready. */
+static bool ready(const char *host, int port, int want)
+{
+	static const char key[] = "\ntandem_workers_ready{";
+	size_t cap = (size_t)1 << 20;
+	char *buf = malloc(cap);
+	bool ok = false;
+	if (buf && http_get(host, port, "/readyz", buf, cap) > 12 && !strncmp(buf + 9, "200", 3) &&
+	    http_get(host, port, "/metrics", buf, cap) > 0) {
+		const char *p = strstr(buf, key);
+		p = p ? strchr(p + 1, '}') : NULL;
+		ok = p && atoi(p + 1) >= want;
+	}
+	free(buf);
 	return ok;
 }
 
@@ -146,15 +168,45 @@ static int exited(struct up *u)
 	return -1;
 }
 
+static bool split(const struct tandem_opts *o)
+{
+	return o->encode_workers > 0 || o->decode_workers > 0;
+}
+
+static int n_workers(const struct tandem_opts *o)
+{
+	return split(o) ? (int)(o->encode_workers + o->decode_workers) : (int)o->workers;
+}
+
+/* Starts the workers of one role; split layouts divide the cores among all. */
+static void start_workers(struct up *u, const char *coord, const char *role, int n)
+{
+	const struct tandem_opts *o = u->o;
+	char threads[16], kv[300];
+	int t = (int)o->threads;
+	if (!t && split(o)) {
+		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+		t = (int)CM_MAX(1, cpus / n_workers(o));
+	}
+	snprintf(threads, sizeof(threads), "%d", t);
+	snprintf(kv, sizeof(kv), "tcp://%s:0", o->host);
+	for (int i = 0; i < n; i++) {
+		char *worker[] = {u->exe,     "worker",	     "--coordinator", (char *)coord,
+				  "--threads", threads,	     "--role",	      (char *)role,
+				  "--kv-listen", kv,	     "--log-level",   (char *)o->log_level,
+				  NULL};
+		spawn(u, worker);
+	}
+}
+
 static void start_all(struct up *u)
 {
 	const struct tandem_opts *o = u->o;
-	char g[16], h[16], w[16], coord[300], threads[16];
+	char g[16], h[16], w[16], coord[300];
 	snprintf(g, sizeof(g), "%d", (int)o->grpc_port);
 	snprintf(h, sizeof(h), "%d", (int)o->http_port);
 	snprintf(w, sizeof(w), "%d", (int)o->worker_port);
 	snprintf(coord, sizeof(coord), "tcp://%s:%d", o->host, (int)o->worker_port);
-	snprintf(threads, sizeof(threads), "%d", (int)o->threads);
 	char *serve[] = {u->exe,
 			 "serve",
 			 "--model",
@@ -171,11 +223,30 @@ static void start_all(struct up *u)
 			 (char *)o->log_level,
 			 NULL};
 	spawn(u, serve);
-	for (int i = 0; i < o->workers; i++) {
-		char *worker[] = {u->exe,  "worker",	  "--coordinator",	coord, "--threads",
-				  threads, "--log-level", (char *)o->log_level, NULL};
-		spawn(u, worker);
+	if (split(o)) {
+		start_workers(u, coord, "encode", (int)o->encode_workers);
+		start_workers(u, coord, "decode", (int)o->decode_workers);
+	} else {
+		start_workers(u, coord, "both", (int)o->workers);
 	}
+}
+
+static void print_up(struct up *u)
+{
+	const struct tandem_opts *o = u->o;
+	char layout[96];
+	if (split(o))
+		snprintf(layout, sizeof(layout), "%d encode + %d decode workers",
+			 (int)o->encode_workers, (int)o->decode_workers);
+	else
+		snprintf(layout, sizeof(layout), "%d worker(s)", (int)o->workers);
+	printf("Tandem is up: model %s, %s\n"
+	       "  gRPC     %s:%d\n"
+	       "  HTTP     http://%s:%d  (/healthz /readyz /metrics)\n"
+	       "Try:  tandem think --addr %s:%d --file FILE     Ctrl-C stops everything.\n",
+	       u->model, layout, o->host, (int)o->grpc_port, o->host, (int)o->http_port, o->host,
+	       (int)o->grpc_port);
+	fflush(stdout);
 }
 
 static int watch(struct up *u)
@@ -191,20 +262,13 @@ static int watch(struct up *u)
 				up ? "" : " while starting");
 			return 1;
 		}
-		if (!up && ready(o->host, (int)o->http_port)) {
+		if (!up && ready(o->host, (int)o->http_port, n_workers(o))) {
 			up = true;
-			printf("Tandem is up: model %s, %d worker(s)\n"
-			       "  gRPC     %s:%d\n"
-			       "  HTTP     http://%s:%d  (/healthz /readyz /metrics)\n"
-			       "Try:  tandem think --addr %s:%d --file FILE     Ctrl-C stops "
-			       "everything.\n",
-			       u->model, (int)o->workers, o->host, (int)o->grpc_port, o->host,
-			       (int)o->http_port, o->host, (int)o->grpc_port);
-			fflush(stdout);
+			print_up(u);
 		}
 		if (!up && cm_time_us() > deadline) {
 			fprintf(stderr,
-				"tandem up: no worker ready after %d s; stopping everything\n",
+				"tandem up: workers not ready after %d s; stopping everything\n",
 				(int)o->start_timeout);
 			return 1;
 		}
@@ -218,6 +282,11 @@ int tool_up(const struct tandem_opts *o, int argc, char **argv)
 	(void)argv;
 	if (argc) {
 		fprintf(stderr, "tandem up: takes no positional arguments\n");
+		return 1;
+	}
+	if (split(o) && (o->encode_workers < 1 || o->decode_workers < 1)) {
+		fprintf(stderr, "tandem up: the split layout needs --encode-workers and "
+				"--decode-workers of 1 or more\n");
 		return 1;
 	}
 	struct up u = {.o = o};

@@ -10,6 +10,12 @@
  * The source of a sequence and its reasoning may go through the same step:
  * every query carries its own visible prefix of both segments.
  *
+ * Disaggregation (docs/engine.md): mode ENCODE is the source half alone (the
+ * source segment is prefilled, nothing else runs; the request waits for its
+ * abort); a remote_source request's units arrive with their KV
+ * (wk_engine_input_kv), which is copied into its source segment, and the state
+ * machine above runs on them as if they had been prefilled here.
+ *
  * KV admission: a request is admitted when the pool can hold its prompt plus
  * max_tokens (its blocks are reserved, allocated as it grows), so a running
  * request never fails for lack of KV; streaming source reserves its blocks as
@@ -34,6 +40,7 @@ enum st_stage {
 struct wk_stream {
 	enum wk_mode mode;
 	int32_t phi, unit_budget, final_budget, answer_budget;
+	bool remote; /* remote_source: units arrive with their KV */
 	bool has_ids;
 	struct md_seg_ids ids; /* connect_2 / connect_3 point into conn */
 	int32_t *conn;	       /* [n_connect_2 + n_connect_3] malloc'd */
@@ -114,6 +121,7 @@ struct wk_engine {
 	struct wk_sample_scratch sample;
 	int32_t *row_seg; /* segment each row is written to */
 	int64_t steps, tokens_prefilled, tokens_decoded, tokens_source, logit_rows_total;
+	int64_t tokens_imported;
 	double flops;
 	wk_trace_fn trace;
 	void *trace_ud;
@@ -142,9 +150,15 @@ static int32_t blocks_for(const struct wk_engine *e, int32_t tokens)
 	return (tokens + e->p.block_size - 1) / e->p.block_size;
 }
 
+/* Has a source segment: streaming, batch and encode modes. */
 static bool is_stream(const struct wk_seq *q)
 {
 	return q->st.mode != WK_MODE_GENERATE;
+}
+
+static bool is_encode(const struct wk_seq *q)
+{
+	return q->st.mode == WK_MODE_ENCODE;
 }
 
 static int seg_alloc(struct wk_seg *seg, int32_t cap, int32_t max_blocks)
@@ -367,6 +381,7 @@ static int stream_init(struct wk_seq *q, const struct wk_request *r)
 	int32_t n_forced;
 	stream_forced(r, &forced, &n_forced);
 	st->mode = r->mode;
+	st->remote = r->remote_source;
 	st->phi = r->phi;
 	st->unit_budget = r->unit_budget ? r->unit_budget : 64;
 	st->final_budget = r->final_budget ? r->final_budget : 256;
@@ -404,26 +419,39 @@ static int stream_init(struct wk_seq *q, const struct wk_request *r)
 	return CM_OK;
 }
 
-int wk_engine_add(struct wk_engine *e, const struct wk_request *r, struct cm_err *err)
+/* Checks what wk_engine_add reads of r in each mode (encode mode reads only
+ * its id: no prompt, no reasoning, no sampling). */
+static int request_check(const struct wk_engine *e, const struct wk_request *r, struct cm_err *err)
 {
+	unsigned long long id = (unsigned long long)r->id;
 	int rc;
+	if (r->remote_source && r->mode != WK_MODE_STREAMING && r->mode != WK_MODE_BATCH)
+		return cm_err_set(err, CM_EINVAL,
+				  "request %llu: remote_source needs streaming or batch mode", id);
+	if (r->mode == WK_MODE_ENCODE)
+		return CM_OK;
 	bool stream = r->mode != WK_MODE_GENERATE;
 	if (!stream && r->n_prompt < 1)
-		return cm_err_set(err, CM_EINVAL, "request %llu: empty prompt",
-				  (unsigned long long)r->id);
+		return cm_err_set(err, CM_EINVAL, "request %llu: empty prompt", id);
 	if (r->max_tokens < 0 || r->n_stop < 0 || (r->n_stop && !r->stop_ids) || r->n_prompt < 0 ||
 	    (r->n_prompt && !r->prompt))
-		return cm_err_set(err, CM_EINVAL, "request %llu: bad limits",
-				  (unsigned long long)r->id);
+		return cm_err_set(err, CM_EINVAL, "request %llu: bad limits", id);
 	if (stream && (rc = stream_check(e, r, err)) < 0)
 		return rc;
 	if (!stream && (rc = check_ids(e, r->id, r->prompt, r->n_prompt, "prompt", err)) < 0)
 		return rc;
 	if (r->n_prompt > e->cap || blocks_for(e, r->n_prompt) > e->kv.n_blocks)
 		return cm_err_set(err, CM_ERANGE,
-				  "request %llu: prompt of %d tokens exceeds the context (%d)",
-				  (unsigned long long)r->id, r->n_prompt, e->cap);
-	if ((rc = wk__sample_params_check(&r->sample, err)) < 0)
+				  "request %llu: prompt of %d tokens exceeds the context (%d)", id,
+				  r->n_prompt, e->cap);
+	return wk__sample_params_check(&r->sample, err);
+}
+
+int wk_engine_add(struct wk_engine *e, const struct wk_request *r, struct cm_err *err)
+{
+	int rc;
+	bool stream = r->mode != WK_MODE_GENERATE, encode = r->mode == WK_MODE_ENCODE;
+	if ((rc = request_check(e, r, err)) < 0)
 		return rc;
 	if (e->n_queued >= 64 * e->p.max_seqs)
 		return cm_err_set(err, CM_EFULL, "request %llu: queue full (%d waiting)",
@@ -435,12 +463,19 @@ int wk_engine_add(struct wk_engine *e, const struct wk_request *r, struct cm_err
 	q->id = r->id;
 	q->n_prompt = r->n_prompt;
 	q->max_tokens = r->max_tokens;
-	q->n_stop = r->n_stop;
+	q->n_stop = encode ? 0 : r->n_stop;
 	q->prompt_logits = r->prompt_logits;
 	q->on_logits = r->on_logits;
 	q->ud = r->ud;
-	q->stop = malloc((size_t)(r->n_stop + 1) * sizeof(int32_t));
-	if (stream) {
+	q->stop = malloc((size_t)(q->n_stop + 1) * sizeof(int32_t));
+	if (encode) {
+		/* the source segment only: no reasoning, no sampling, no finish of its own */
+		q->st.mode = WK_MODE_ENCODE;
+		q->n_prompt = q->max_tokens = 0;
+		q->prompt_logits = false;
+		q->on_logits = NULL;
+		rc = CM_OK;
+	} else if (stream) {
 		rc = stream_init(q, r);
 	} else {
 		q->prompt = malloc((size_t)r->n_prompt * sizeof(int32_t));
@@ -453,8 +488,8 @@ int wk_engine_add(struct wk_engine *e, const struct wk_request *r, struct cm_err
 		free(q);
 		return cm_err_set(err, CM_ENOMEM, "out of memory");
 	}
-	if (r->n_stop)
-		memcpy(q->stop, r->stop_ids, (size_t)r->n_stop * sizeof(int32_t));
+	if (q->n_stop)
+		memcpy(q->stop, r->stop_ids, (size_t)q->n_stop * sizeof(int32_t));
 	wk__sampler_init(&q->sampler, &r->sample);
 	if (e->queue_tail)
 		e->queue_tail->next = q;
@@ -495,50 +530,104 @@ static int grow(int32_t **a, int32_t *cap, int32_t need)
 	return CM_OK;
 }
 
-int wk_engine_input(struct wk_engine *e, uint64_t req_id, const int32_t *unit, int32_t n,
-		    struct cm_err *err)
+/* The checks wk_engine_input and wk_engine_input_kv share: q (req_id) takes
+ * the source unit[n]. */
+static int input_check(const struct wk_engine *e, const struct wk_seq *q, uint64_t req_id,
+		       const int32_t *unit, int32_t n, struct cm_err *err)
 {
-	struct wk_slot *sl;
-	struct wk_seq *q = seq_find(e, req_id, &sl);
 	unsigned long long id = (unsigned long long)req_id;
-	int rc;
 	if (!q)
 		return cm_err_set(err, CM_ENOENT, "request %llu: unknown or finished", id);
-	struct wk_stream *st = &q->st;
+	const struct wk_stream *st = &q->st;
 	if (!is_stream(q))
 		return cm_err_set(err, CM_EINVAL, "request %llu: input to a generate request", id);
 	if (st->closed)
 		return cm_err_set(err, CM_EINVAL, "request %llu: input after the close", id);
 	if (n < 1 || !unit)
 		return cm_err_set(err, CM_EINVAL, "request %llu: empty unit", id);
-	if ((rc = check_ids(e, req_id, unit, n, "source", err)) < 0)
+	int rc = check_ids(e, req_id, unit, n, "source", err);
+	if (rc < 0)
 		return rc;
 	if ((int64_t)st->src_n + n > e->cap)
 		return cm_err_set(err, CM_ERANGE,
 				  "request %llu: source of %lld tokens exceeds the context (%d)",
 				  id, (long long)st->src_n + n, e->cap);
-	/* the source's blocks: from the free pool, else from this request's own
-	 * reasoning reservation (its reasoning may then end sooner, CONTEXT) */
-	int32_t extra = blocks_for(e, st->src_n + n) - blocks_for(e, st->src_n);
-	bool take = sl && e->reserved + extra <= e->kv.n_blocks;
-	int32_t tok_cap = 0;
-	if (sl && !take) {
-		tok_cap = (sl->reserved - blocks_for(e, st->src_n + n)) * e->p.block_size;
-		if (tok_cap <= sl->n_tokens)
-			return cm_err_set(err, CM_ERANGE, "request %llu: the KV pool is full", id);
+	return CM_OK;
+}
+
+/* Where the KV blocks of n more source tokens of a running sl come from: the
+ * free pool (extra blocks reserved), else sl's own reasoning reservation (its
+ * reasoning may then end sooner, CONTEXT: tok_cap shrinks). */
+struct src_plan {
+	int32_t extra;
+	int32_t tok_cap;
+	bool from_pool;
+};
+
+/* Plans n more source tokens of sl; false when neither way has room. */
+static bool src_plan(const struct wk_engine *e, const struct wk_slot *sl, int32_t n,
+		     struct src_plan *p)
+{
+	int32_t src_n = sl->seq.st.src_n;
+	p->extra = blocks_for(e, src_n + n) - blocks_for(e, src_n);
+	p->from_pool = e->reserved + p->extra <= e->kv.n_blocks;
+	p->tok_cap = sl->tok_cap;
+	if (p->from_pool)
+		return true;
+	p->tok_cap = (sl->reserved - blocks_for(e, src_n + n)) * e->p.block_size;
+	return p->tok_cap > sl->n_tokens;
+}
+
+static void src_plan_apply(struct wk_engine *e, struct wk_slot *sl, const struct src_plan *p)
+{
+	if (p->from_pool) {
+		sl->reserved += p->extra;
+		e->reserved += p->extra;
+	} else {
+		sl->tok_cap = CM_MIN(sl->tok_cap, p->tok_cap);
 	}
+}
+
+/* Makes room for a unit of n tokens in st's source ids and unit ends. */
+static int src_grow(struct wk_stream *st, int32_t n)
+{
 	if (grow(&st->src, &st->src_cap, st->src_n + n) < 0 ||
 	    grow(&st->unit_end, &st->units_cap, st->n_units + 1) < 0)
-		return cm_err_set(err, CM_ENOMEM, "out of memory");
+		return CM_ENOMEM;
+	return CM_OK;
+}
+
+/* Appends a checked unit to st's source (room made by src_grow). */
+static void src_push(struct wk_stream *st, const int32_t *unit, int32_t n)
+{
 	memcpy(st->src + st->src_n, unit, (size_t)n * sizeof(int32_t));
 	st->src_n += n;
 	st->unit_end[st->n_units++] = st->src_n;
-	if (take) {
-		sl->reserved += extra;
-		e->reserved += extra;
-	} else if (sl) {
-		sl->tok_cap = CM_MIN(sl->tok_cap, tok_cap);
-	}
+}
+
+int wk_engine_input(struct wk_engine *e, uint64_t req_id, const int32_t *unit, int32_t n,
+		    struct cm_err *err)
+{
+	struct wk_slot *sl;
+	struct wk_seq *q = seq_find(e, req_id, &sl);
+	unsigned long long id = (unsigned long long)req_id;
+	struct src_plan plan;
+	int rc = input_check(e, q, req_id, unit, n, err);
+	if (rc < 0)
+		return rc;
+	if (q->st.remote)
+		return cm_err_set(err, CM_EINVAL,
+				  "request %llu: its source arrives as KV (remote_source): "
+				  "wk_engine_input_kv",
+				  id);
+	/* a queued request reserves its source's blocks when admitted */
+	if (sl && !src_plan(e, sl, n, &plan))
+		return cm_err_set(err, CM_ERANGE, "request %llu: the KV pool is full", id);
+	if (src_grow(&q->st, n) < 0)
+		return cm_err_set(err, CM_ENOMEM, "out of memory");
+	src_push(&q->st, unit, n);
+	if (sl)
+		src_plan_apply(e, sl, &plan);
 	return CM_OK;
 }
 
@@ -644,7 +733,8 @@ static void admit(struct wk_engine *e)
 		if (!e->queue)
 			e->queue_tail = NULL;
 		e->n_queued--;
-		memcpy(sl->tokens, q->prompt, (size_t)q->n_prompt * sizeof(int32_t));
+		if (q->n_prompt)
+			memcpy(sl->tokens, q->prompt, (size_t)q->n_prompt * sizeof(int32_t));
 		free(q->prompt);
 		q->prompt = NULL;
 		q->next = NULL;
@@ -693,7 +783,10 @@ static void push_event(struct wk_event *ev, int max_ev, int *n_ev, const struct 
 		.n_prompt = sl->seq.n_prompt,
 		.n_generated = sl->n_gen,
 	};
-	if (is_stream(&sl->seq)) {
+	if (is_encode(&sl->seq)) {
+		x.phase = WK_PHASE_PROMPT;
+		x.unit = st->n_units;
+	} else if (is_stream(&sl->seq)) {
 		x.phase = st->stage == ST_ANSWER ? WK_PHASE_ANSWER : WK_PHASE_THOUGHT;
 		x.unit = st->stage == ST_UNITS ? CM_MIN(st->unit, st->n_units) : st->n_units;
 	}
@@ -756,7 +849,7 @@ static int32_t batch_add(struct wk_engine *e, struct wk_slot *sl, int32_t *n_seq
 /* Is the source of sl readable now (batch mode reads it only after the close)? */
 static bool stream_may_read(const struct wk_stream *st)
 {
-	return st->mode == WK_MODE_STREAMING || st->closed;
+	return st->mode != WK_MODE_BATCH || st->closed;
 }
 
 /* The number of source tokens reasoning token i of sl sees, or -1 while the
@@ -1127,8 +1220,10 @@ int wk_engine_step(struct wk_engine *e, struct wk_event *ev, int max_ev, int *n_
 		/* streaming: a forced next token needs no logits */
 		if (sl->forced_next)
 			stream_next(e, sl, NULL, ev, max_ev, n_ev);
-		/* prompt-only requests finish once their prompt is in the cache */
-		else if (sl->seq.max_tokens == 0 && sl->n_fed == sl->n_tokens) {
+		/* prompt-only requests finish once their prompt is in the cache (an
+		 * encode request stays until its abort) */
+		else if (sl->seq.max_tokens == 0 && sl->n_fed == sl->n_tokens &&
+			 !is_encode(&sl->seq)) {
 			push_event(ev, max_ev, n_ev, sl, -1, WK_FINISH_LENGTH);
 			slot_release(e, sl);
 		}
@@ -1142,25 +1237,27 @@ void wk_engine_set_trace(struct wk_engine *e, wk_trace_fn fn, void *ud)
 	e->trace_ud = ud;
 }
 
+/* Does the next step have work for the running sl? */
+static bool slot_ready(const struct wk_slot *sl)
+{
+	if (sl->aborted || !is_stream(&sl->seq))
+		return true;
+	const struct wk_stream *st = &sl->seq.st;
+	if (stream_may_read(st) && st->src_fed < st->src_n)
+		return true;
+	if (st->stage == ST_UNITS && st->closed && st->unit >= st->n_units &&
+	    sl->seq.max_tokens > 0)
+		return true; /* the final phase starts */
+	return sl->n_fed < sl->n_tokens && reason_vis(sl, sl->n_fed, st->src_fed) >= 0;
+}
+
 bool wk_engine_ready(const struct wk_engine *e)
 {
 	if (e->queue || e->n_aborted_queued)
 		return true;
-	for (int32_t i = 0; i < e->p.max_seqs; i++) {
-		const struct wk_slot *sl = &e->slots[i];
-		if (!sl->used)
-			continue;
-		if (sl->aborted || !is_stream(&sl->seq))
+	for (int32_t i = 0; i < e->p.max_seqs; i++)
+		if (e->slots[i].used && slot_ready(&e->slots[i]))
 			return true;
-		const struct wk_stream *st = &sl->seq.st;
-		if (stream_may_read(st) && st->src_fed < st->src_n)
-			return true;
-		if (st->stage == ST_UNITS && st->closed && st->unit >= st->n_units &&
-		    sl->seq.max_tokens > 0)
-			return true; /* the final phase starts */
-		if (sl->n_fed < sl->n_tokens && reason_vis(sl, sl->n_fed, st->src_fed) >= 0)
-			return true;
-	}
 	return false;
 }
 
@@ -1176,7 +1273,140 @@ void wk_engine_stats(const struct wk_engine *e, struct wk_engine_stats *s)
 	s->tokens_prefilled = e->tokens_prefilled;
 	s->tokens_decoded = e->tokens_decoded;
 	s->tokens_source = e->tokens_source;
+	s->tokens_imported = e->tokens_imported;
 	s->logit_rows = e->logit_rows_total;
 	s->flops =
 		e->flops + 2.0 * e->m->cfg.hidden * e->m->cfg.vocab * (double)e->logit_rows_total;
+}
+
+/* ---- disaggregation --------------------------------------------------------- */
+
+size_t wk_engine_kv_bytes(const struct wk_engine *e, int32_t n)
+{
+	return wk__kv_flat_bytes(&e->kv, n);
+}
+
+/* The request id with a source segment, running or queued; *sl its slot when
+ * running. NULL when unknown, finished, aborted or in generate mode. */
+static const struct wk_seq *source_find(const struct wk_engine *e, uint64_t id,
+					const struct wk_slot **sl)
+{
+	*sl = NULL;
+	for (int32_t i = 0; i < e->p.max_seqs; i++) {
+		const struct wk_slot *s = &e->slots[i];
+		if (s->used && !s->aborted && s->seq.id == id) {
+			*sl = s;
+			return is_stream(&s->seq) ? &s->seq : NULL;
+		}
+	}
+	for (const struct wk_seq *q = e->queue; q; q = q->next)
+		if (q->id == id)
+			return is_stream(q) ? q : NULL;
+	return NULL;
+}
+
+int32_t wk_engine_source_encoded(const struct wk_engine *e, uint64_t req_id)
+{
+	const struct wk_slot *sl;
+	if (!source_find(e, req_id, &sl))
+		return CM_ENOENT;
+	return sl ? sl->segs[WK_SEG_SOURCE].n_tok : 0;
+}
+
+int wk_engine_export_source(const struct wk_engine *e, uint64_t req_id, int32_t from, int32_t n,
+			    void *kv, int32_t *pos, struct cm_err *err)
+{
+	const struct wk_slot *sl;
+	unsigned long long id = (unsigned long long)req_id;
+	if (!source_find(e, req_id, &sl))
+		return cm_err_set(err, CM_ENOENT, "request %llu: unknown or without a source", id);
+	int32_t have = sl ? sl->segs[WK_SEG_SOURCE].n_tok : 0;
+	if (from < 0 || n < 0 || (n > 0 && !kv))
+		return cm_err_set(err, CM_EINVAL, "request %llu: bad export range or buffer", id);
+	if (n > have - from)
+		return cm_err_set(err, CM_ERANGE,
+				  "request %llu: source tokens [%d, %lld) asked, %d encoded", id,
+				  from, (long long)from + n, have);
+	if (n == 0)
+		return CM_OK;
+	wk__seg_copy_out(&e->kv, &sl->segs[WK_SEG_SOURCE], from, n, kv);
+	if (pos)
+		memcpy(pos, sl->segs[WK_SEG_SOURCE].pos + from, (size_t)n * sizeof(int32_t));
+	return CM_OK;
+}
+
+/* Will a step make progress on a running request other than sl (and so may
+ * free KV blocks)? */
+static bool others_ready(const struct wk_engine *e, const struct wk_slot *sl)
+{
+	for (int32_t i = 0; i < e->p.max_seqs; i++) {
+		const struct wk_slot *o = &e->slots[i];
+		if (o != sl && o->used && slot_ready(o))
+			return true;
+	}
+	return false;
+}
+
+/* Source token i has position i (stream_add_source): an imported unit must
+ * continue the source's positions. */
+static int pos_check(const struct wk_stream *st, uint64_t req_id, const int32_t *pos, int32_t n,
+		     struct cm_err *err)
+{
+	if (!pos)
+		return cm_err_set(err, CM_EINVAL, "request %llu: no positions",
+				  (unsigned long long)req_id);
+	for (int32_t i = 0; i < n; i++)
+		if (pos[i] != st->src_n + i)
+			return cm_err_set(err, CM_EINVAL,
+					  "request %llu: source token %d has position %d, not %d "
+					  "(units arrive in order, positions 0, 1, ...)",
+					  (unsigned long long)req_id, st->src_n + i, pos[i],
+					  st->src_n + i);
+	return CM_OK;
+}
+
+int wk_engine_input_kv(struct wk_engine *e, uint64_t req_id, const int32_t *unit, int32_t n,
+		       const int32_t *pos, const void *kv, struct cm_err *err)
+{
+	struct wk_slot *sl;
+	struct wk_seq *q = seq_find(e, req_id, &sl);
+	unsigned long long id = (unsigned long long)req_id;
+	struct src_plan plan;
+	int rc = input_check(e, q, req_id, unit, n, err);
+	if (rc < 0)
+		return rc;
+	struct wk_stream *st = &q->st;
+	if (!st->remote)
+		return cm_err_set(err, CM_EINVAL,
+				  "request %llu: KV input to a request without remote_source", id);
+	if ((rc = pos_check(st, req_id, pos, n, err)) < 0)
+		return rc;
+	if (!kv)
+		return cm_err_set(err, CM_EINVAL, "request %llu: no KV", id);
+	/* blocks are written now: only a running request has them. CM_EFULL only
+	 * while a step can make progress (wk_engine_ready), so step and retry */
+	if (!sl)
+		return cm_err_set(err, CM_EFULL, "request %llu: not admitted yet; step, then retry",
+				  id);
+	/* free blocks first; when there are none, wait for the others while they
+	 * run, else take them from this request's reasoning, as wk_engine_input */
+	bool room = src_plan(e, sl, n, &plan);
+	if (!plan.from_pool && others_ready(e, sl))
+		return cm_err_set(err, CM_EFULL,
+				  "request %llu: no free KV blocks for %d source tokens now; step, "
+				  "then retry",
+				  id, n);
+	if (!room)
+		return cm_err_set(err, CM_ERANGE, "request %llu: the KV pool is full", id);
+	struct wk_seg *seg = &sl->segs[WK_SEG_SOURCE];
+	if (src_grow(st, n) < 0)
+		return cm_err_set(err, CM_ENOMEM, "out of memory");
+	if (wk__seg_append(&e->kv, seg, n, pos, NULL) < 0) /* within the plan: cannot fail */
+		return cm_err_set(err, CM_EFULL, "request %llu: no free KV blocks now", id);
+	wk__seg_copy_in(&e->kv, seg, st->src_n, n, kv);
+	src_plan_apply(e, sl, &plan);
+	src_push(st, unit, n);
+	st->src_fed = st->src_n; /* written: nothing to prefill */
+	e->tokens_imported += n;
+	return CM_OK;
 }

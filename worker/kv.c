@@ -2,6 +2,7 @@
  * per-sequence segments with explicit per-token positions. */
 #include "wk-impl.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,7 +70,8 @@ int wk__seg_append(struct wk_kv *kv, struct wk_seg *seg, int32_t n, const int32_
 		seg->blocks[b] = kv->free_ids[--kv->n_free];
 	for (int32_t i = 0; i < n; i++) {
 		int32_t t = seg->n_tok + i;
-		slots[i] = seg->blocks[t / bs] * bs + t % bs;
+		if (slots)
+			slots[i] = seg->blocks[t / bs] * bs + t % bs;
 		seg->pos[t] = pos[i];
 	}
 	seg->n_tok += n;
@@ -82,4 +84,60 @@ void wk__seg_release(struct wk_kv *kv, struct wk_seg *seg)
 	for (int32_t b = nb - 1; b >= 0; b--)
 		kv->free_ids[kv->n_free++] = seg->blocks[b];
 	seg->n_tok = 0;
+}
+
+size_t wk__kv_flat_bytes(const struct wk_kv *kv, int32_t n)
+{
+	const struct kern_kv_layer *l0 = &kv->layers[0];
+	return (size_t)kv->n_layer * 2 * (size_t)CM_MAX(n, 0) * (size_t)l0->n_kv_head *
+	       (size_t)l0->head_dim * kern_dtype_size(l0->dtype);
+}
+
+/* Copies K or V (pool) of one layer for tokens [from, from + n) of seg between
+ * the pool's head-major blocks and flat[n][n_kv_head][head_dim]. */
+static void seg_copy_layer(const struct wk_kv *kv, const struct wk_seg *seg, int32_t from,
+			   int32_t n, char *pool, char *flat, bool out)
+{
+	const struct kern_kv_layer *l0 = &kv->layers[0];
+	size_t row = (size_t)l0->head_dim * kern_dtype_size(l0->dtype);
+	size_t bs = (size_t)kv->block_size, nkv = (size_t)l0->n_kv_head;
+	for (int32_t i = 0; i < n; i++) {
+		size_t t = (size_t)(from + i);
+		size_t blk = (size_t)seg->blocks[t / bs];
+		for (size_t h = 0; h < nkv; h++) {
+			char *p = pool + ((blk * nkv + h) * bs + t % bs) * row;
+			char *f = flat + ((size_t)i * nkv + h) * row;
+			if (out)
+				memcpy(f, p, row);
+			else
+				memcpy(p, f, row);
+		}
+	}
+}
+
+/* Both directions of the flat copy: [n_layer][K, V][n][n_kv_head][head_dim]. */
+static void seg_copy(const struct wk_kv *kv, const struct wk_seg *seg, int32_t from, int32_t n,
+		     char *flat, bool out)
+{
+	size_t part = wk__kv_flat_bytes(kv, n) / (2 * (size_t)kv->n_layer);
+	for (int l = 0; l < kv->n_layer; l++) {
+		char *pool[2] = {kv->layers[l].k, kv->layers[l].v};
+		for (int s = 0; s < 2; s++)
+			seg_copy_layer(kv, seg, from, n, pool[s], flat + (size_t)(2 * l + s) * part,
+				       out);
+	}
+}
+
+void wk__seg_copy_out(const struct wk_kv *kv, const struct wk_seg *seg, int32_t from, int32_t n,
+		      void *dst)
+{
+	if (n > 0)
+		seg_copy(kv, seg, from, n, dst, true);
+}
+
+void wk__seg_copy_in(struct wk_kv *kv, const struct wk_seg *seg, int32_t from, int32_t n,
+		     const void *src)
+{
+	if (n > 0)
+		seg_copy(kv, seg, from, n, (char *)(uintptr_t)src, false);
 }

@@ -72,6 +72,16 @@ int wk_link_send(struct wk_link *l, const tandem_internal_v1_WorkerMsg *m)
 	return CM_OK;
 }
 
+int wk_link_wait(struct wk_link *l, int fd, int timeout_ms)
+{
+	zmq_pollitem_t it[2] = {
+		{.socket = l->sock, .events = ZMQ_POLLIN},
+		{.socket = NULL, .fd = fd, .events = ZMQ_POLLIN},
+	};
+	int rc = zmq_poll(it, fd >= 0 ? 2 : 1, timeout_ms);
+	return rc > 0 ? 1 : 0;
+}
+
 int wk_link_recv(struct wk_link *l, int timeout_ms, tandem_internal_v1_CoordMsg *m)
 {
 	zmq_pollitem_t it = {.socket = l->sock, .events = ZMQ_POLLIN};

@@ -32,12 +32,26 @@ struct wk_seg {
 };
 
 /* Makes room for n more tokens in seg (allocating blocks as needed) and writes
- * their slots (block * block_size + offset) and positions. CM_EFULL when the pool
- * or the segment is full; then nothing changes. */
+ * their slots (block * block_size + offset; slots may be NULL) and positions.
+ * CM_EFULL when the pool or the segment is full; then nothing changes. */
 int wk__seg_append(struct wk_kv *kv, struct wk_seg *seg, int32_t n, const int32_t *pos,
 		   int32_t *slots);
 /* Returns every block of seg to the pool and empties it. */
 void wk__seg_release(struct wk_kv *kv, struct wk_seg *seg);
+
+/* Disaggregation: the KV of n tokens as one flat buffer,
+ * [n_layer][2: K then V][n][n_kv_head][head_dim] in the pool's dtype, which is
+ * what travels between engines; the pool itself is head-major within a block
+ * (kern_kv_layer). Bytes of n tokens: */
+size_t wk__kv_flat_bytes(const struct wk_kv *kv, int32_t n);
+/* Copies the KV of tokens [from, from + n) of seg (all written) into dst, or
+ * from src into them (their blocks allocated by wk__seg_append). The pool is
+ * read and written with memcpy: host memory, which is what the CPU backend
+ * allocates; a device backend needs a kern copy op here. */
+void wk__seg_copy_out(const struct wk_kv *kv, const struct wk_seg *seg, int32_t from, int32_t n,
+		      void *dst);
+void wk__seg_copy_in(struct wk_kv *kv, const struct wk_seg *seg, int32_t from, int32_t n,
+		     const void *src);
 
 /* ---- sampler (sampler.c) ------------------------------------------------ */
 

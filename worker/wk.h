@@ -130,7 +130,8 @@ enum wk_mode {
 	WK_MODE_ENCODE,        /* disaggregation, the encode worker's half: source units are
 				* prefilled into the source segment (no reasoning, no LM
 				* head, no events but the finish on abort) and kept until the
-				* request is aborted; wk_engine_export_source reads them */
+				* request is aborted; wk_engine_export_source reads them.
+				* Only the request's id is read (no prompt, no sampling) */
 };
 
 /* Which kind of output a token is. */
@@ -189,7 +190,7 @@ struct wk_request {
 				      * (streaming: of every forced reasoning token) */
 	bool remote_source;          /* streaming / batch: the source KV is computed by an
 				      * encode worker and arrives with wk_engine_input_kv;
-				      * wk_engine_input is refused */
+				      * wk_engine_input is refused (CM_EINVAL in other modes) */
 	wk_logits_fn on_logits;      /* optional */
 	void *ud;
 };
@@ -251,17 +252,25 @@ size_t wk_engine_kv_bytes(const struct wk_engine *e, int32_t n);
 int32_t wk_engine_source_encoded(const struct wk_engine *e, uint64_t req_id);
 
 /* Copies the KV of source tokens [from, from + n) of req_id into kv
- * (wk_engine_kv_bytes(e, n) bytes) and their positions into pos[n]. Errors:
- * CM_ENOENT (unknown request), CM_ERANGE (tokens not encoded yet). */
+ * (wk_engine_kv_bytes(e, n) bytes) and their positions into pos[n] (pos may be
+ * NULL). Errors: CM_ENOENT (unknown request or no source), CM_EINVAL (negative
+ * range, no buffer), CM_ERANGE (tokens not encoded yet). */
 int wk_engine_export_source(const struct wk_engine *e, uint64_t req_id, int32_t from, int32_t n,
 			    void *kv, int32_t *pos, struct cm_err *err);
 
 /* Appends one source unit computed elsewhere to a remote_source request: its
- * ids (as the segmenter cut them), positions and flat KV. Like
- * wk_engine_input followed by its prefill. Errors: CM_ENOENT, CM_EINVAL (not
- * remote_source, closed input, bad ids or positions), CM_ERANGE (context
- * full), CM_EFULL (no free KV blocks now: nothing changed; retry after steps
- * free some, which is how a decode worker pushes back on its encode worker). */
+ * ids (as the segmenter cut them), positions (source token i has position i,
+ * so they continue the source: wk_engine_source_encoded, 1, ...) and flat KV,
+ * copied. Like wk_engine_input followed by its prefill; the request's events
+ * and logits are then those of a local prefill, bit for bit. Errors:
+ * CM_ENOENT, CM_EINVAL (not remote_source, closed input, bad ids or positions,
+ * no buffers), CM_ERANGE (context full, or the pool when nothing else runs),
+ * CM_EFULL (the request is still queued, or no free KV blocks now while other
+ * requests run: nothing changed; step, then retry, which is how a decode
+ * worker pushes back on its encode worker). CM_EFULL comes only while
+ * wk_engine_ready(e) is true, so stepping and retrying never stalls; when
+ * nothing else can run, the unit takes blocks from the request's own
+ * reasoning reservation as wk_engine_input does. */
 int wk_engine_input_kv(struct wk_engine *e, uint64_t req_id, const int32_t *unit, int32_t n,
 		       const int32_t *pos, const void *kv, struct cm_err *err);
 
@@ -308,6 +317,9 @@ struct wk_engine_stats {
 	int32_t kv_blocks_used, kv_blocks_total;
 	int64_t steps, tokens_prefilled, tokens_decoded;
 	int64_t tokens_source;       /* streaming: source tokens prefilled (in tokens_prefilled) */
+	int64_t tokens_imported;     /* disaggregation: source tokens whose KV arrived with
+				      * wk_engine_input_kv (no compute here: not in
+				      * tokens_prefilled, tokens_source or flops) */
 	int64_t logit_rows;          /* LM-head rows computed */
 	double flops;                /* forward FLOPs so far (algorithms.md §0.2 accounting:
 				      * projections, MLP, attention over the visible keys,

@@ -1,10 +1,9 @@
-/* tandem worker: the engine's batching loop behind the coordinator link. */
+/* tandem worker: the engine's batching loop behind the coordinator link; the
+ * encode and decode roles' KV link work is in disagg.c. */
 #include "worker.h"
 
 #include "kernels/kern.h"
-#include "link-impl.h"
-#include "model/md.h"
-#include "wk.h"
+#include "proc-impl.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -13,6 +12,7 @@
 
 _Static_assert(tandem_internal_v1_Mode_MODE_STREAMING == (int)WK_MODE_STREAMING &&
 		       tandem_internal_v1_Mode_MODE_BATCH == (int)WK_MODE_BATCH &&
+		       tandem_internal_v1_Mode_MODE_ENCODE == (int)WK_MODE_ENCODE &&
 		       tandem_internal_v1_Phase_PHASE_THOUGHT == (int)WK_PHASE_THOUGHT &&
 		       tandem_internal_v1_Phase_PHASE_ANSWER == (int)WK_PHASE_ANSWER &&
 		       tandem_internal_v1_Finish_FINISH_STOP == (int)WK_FINISH_STOP &&
@@ -27,6 +27,7 @@ struct wk_worker_params wk_worker_default_params(void)
 		.coordinator = "tcp://127.0.0.1:5557",
 		.role = "both",
 		.device = "cpu",
+		.kv_listen = "tcp://127.0.0.1:0",
 		.heartbeat_ms = 200,
 		.coordinator_timeout_ms = 5000,
 	};
@@ -34,43 +35,21 @@ struct wk_worker_params wk_worker_default_params(void)
 
 enum state { ST_HELLO = 0, ST_READY };
 
-struct worker {
-	const struct wk_worker_params *p;
-	char id[96];
-	struct wk_link *link;
-	enum state st;
-	char model_dir[1024];
-	struct kern_backend *be;
-	struct wk_model *model;
-	struct md_tok *tok;
-	struct md_seg *seg[3]; /* the template at depth 1..3, for its ids */
-	struct md_stop_ids stops;
-	struct wk_engine *eng;
-	struct wk_engine_params ep;
-	struct wk_event *ev;
-	int max_ev;
-	uint64_t *live; /* [n_live] requests in the engine */
-	int n_live, cap_live;
-	int64_t last_hb, last_hello, last_heard;
-	tandem_internal_v1_WorkerMsg *out;
-	tandem_internal_v1_CoordMsg *in;
-};
-
 /* Copies src into dst[cap], cut to fit (nanopb strings are fixed arrays). */
-static void copy_str(char *dst, size_t cap, const char *src)
+void wk__copy_str(char *dst, size_t cap, const char *src)
 {
 	size_t n = strnlen(src, cap - 1);
 	memcpy(dst, src, n);
 	dst[n] = 0;
 }
 
-static void send_msg(struct worker *w)
+void wk__send(struct worker *w)
 {
 	if (wk_link_send(w->link, w->out) < 0)
 		CM_LOG_DEBUG("worker: coordinator not connected, message dropped");
 }
 
-static tandem_internal_v1_WorkerMsg *msg(struct worker *w, pb_size_t which)
+tandem_internal_v1_WorkerMsg *wk__msg(struct worker *w, pb_size_t which)
 {
 	memset(w->out, 0, sizeof(*w->out));
 	w->out->which_msg = which;
@@ -79,23 +58,26 @@ static tandem_internal_v1_WorkerMsg *msg(struct worker *w, pb_size_t which)
 
 static void send_hello(struct worker *w)
 {
-	tandem_internal_v1_Hello *h = &msg(w, tandem_internal_v1_WorkerMsg_hello_tag)->msg.hello;
+	tandem_internal_v1_Hello *h = &wk__msg(w, tandem_internal_v1_WorkerMsg_hello_tag)->msg.hello;
 	h->protocol_version = tandem_internal_v1_Version_PROTOCOL_VERSION;
-	copy_str(h->worker_id, sizeof(h->worker_id), w->id);
-	h->role = tandem_internal_v1_Role_ROLE_BOTH;
+	wk__copy_str(h->worker_id, sizeof(h->worker_id), w->id);
+	h->role = (tandem_internal_v1_Role)w->role;
 	snprintf(h->device, sizeof(h->device), "%s", w->p->device);
 	h->threads = w->p->threads;
-	send_msg(w);
+	h->peak_flops = w->peak_flops;
+	h->read_bytes_per_s = w->read_bps;
+	h->nccl = false; /* the NCCL transport needs a GPU device: none in this build */
+	wk__send(w);
 	w->last_hello = cm_time_us();
 }
 
-static void send_failed(struct worker *w, uint64_t req, const struct cm_err *err)
+void wk__send_failed(struct worker *w, uint64_t req, const struct cm_err *err)
 {
-	tandem_internal_v1_Failed *f = &msg(w, tandem_internal_v1_WorkerMsg_failed_tag)->msg.failed;
+	tandem_internal_v1_Failed *f = &wk__msg(w, tandem_internal_v1_WorkerMsg_failed_tag)->msg.failed;
 	f->req = req;
 	f->code = err->code;
-	copy_str(f->msg, sizeof(f->msg), err->msg);
-	send_msg(w);
+	wk__copy_str(f->msg, sizeof(f->msg), err->msg);
+	wk__send(w);
 }
 
 /* ---- the model ---------------------------------------------------------- */
@@ -135,7 +117,7 @@ static int load_model(struct worker *w, const char *dir, struct cm_err *err)
 	w->ev = malloc((size_t)w->max_ev * sizeof(*w->ev));
 	if (!w->ev)
 		return cm_err_set(err, CM_ENOMEM, "out of memory");
-	return CM_OK;
+	return wk__split_init(w, err);
 }
 
 /* ---- requests ----------------------------------------------------------- */
@@ -168,6 +150,7 @@ static void abort_all(struct worker *w)
 	for (int i = 0; i < w->n_live; i++)
 		wk_engine_abort(w->eng, w->live[i]);
 	w->n_live = 0;
+	wk__split_reset(w);
 }
 
 static void on_start(struct worker *w, const tandem_internal_v1_Start *s)
@@ -207,13 +190,37 @@ static void on_start(struct worker *w, const tandem_internal_v1_Start *s)
 		if (!w->seg[d]) {
 			cm_err_set(&err, CM_EUNSUPPORTED,
 				   "the model's tokenizer lacks the streaming template's tokens");
-			return send_failed(w, s->req, &err);
+			return wk__send_failed(w, s->req, &err);
 		}
 		r.think = md_seg_ids(w->seg[d]);
 	}
+	bool split = r.mode == WK_MODE_ENCODE || s->remote_source;
+	r.remote_source = s->remote_source && r.mode != WK_MODE_ENCODE;
+	if (split && !w->kvl) {
+		cm_err_set(&err, CM_EUNSUPPORTED, "a split request on a worker without a KV link");
+		return wk__send_failed(w, s->req, &err);
+	}
 	if (wk_engine_add(w->eng, &r, &err) < 0)
-		return send_failed(w, s->req, &err);
+		return wk__send_failed(w, s->req, &err);
 	live_add(w, s->req);
+	int rc = CM_OK;
+	if (r.mode == WK_MODE_ENCODE)
+		rc = wk__enc_start(w, s->req, s->kv_peer);
+	else if (r.remote_source)
+		rc = wk__dec_start(w, s->req);
+	if (rc < 0) {
+		wk_engine_abort(w->eng, s->req);
+		cm_err_set(&err, rc, "worker out of memory");
+		wk__send_failed(w, s->req, &err);
+	}
+}
+
+static void on_unit(struct worker *w, const tandem_internal_v1_Unit *u)
+{
+	struct cm_err e = {0};
+	if (wk_engine_input(w->eng, u->req, u->ids, (int32_t)u->ids_count, &e) < 0)
+		return wk__send_failed(w, u->req, &e);
+	wk__enc_unit(w, u->req, u->ids, (int32_t)u->ids_count);
 }
 
 static void on_message(struct worker *w, const tandem_internal_v1_CoordMsg *m, struct cm_err *err)
@@ -229,20 +236,23 @@ static void on_message(struct worker *w, const tandem_internal_v1_CoordMsg *m, s
 		}
 		if (load_model(w, w->p->model ? w->p->model : m->msg.welcome.model_dir, err) < 0) {
 			tandem_internal_v1_Fatal *f =
-				&msg(w, tandem_internal_v1_WorkerMsg_fatal_tag)->msg.fatal;
-			copy_str(f->msg, sizeof(f->msg), err->msg);
-			send_msg(w);
+				&wk__msg(w, tandem_internal_v1_WorkerMsg_fatal_tag)->msg.fatal;
+			wk__copy_str(f->msg, sizeof(f->msg), err->msg);
+			wk__send(w);
 			return;
 		}
 		abort_all(w);
 		w->st = ST_READY;
 		tandem_internal_v1_Ready *r =
-			&msg(w, tandem_internal_v1_WorkerMsg_ready_tag)->msg.ready;
+			&wk__msg(w, tandem_internal_v1_WorkerMsg_ready_tag)->msg.ready;
 		r->kv_tokens = w->ep.kv_tokens;
 		r->max_seqs = w->ep.max_seqs;
 		r->max_context = w->model->cfg.max_pos;
 		r->vocab = w->model->cfg.vocab;
-		send_msg(w);
+		r->kv_bytes = (int64_t)wk_engine_kv_bytes(w->eng, w->ep.kv_tokens);
+		if (w->kvl)
+			wk__copy_str(r->kv_endpoint, sizeof(r->kv_endpoint), kvl_endpoint(w->kvl));
+		wk__send(w);
 		fprintf(stderr, "tandem worker %s: ready\n", w->id);
 		return;
 	case tandem_internal_v1_CoordMsg_reset_tag:
@@ -262,17 +272,20 @@ static void on_message(struct worker *w, const tandem_internal_v1_CoordMsg *m, s
 	case tandem_internal_v1_CoordMsg_start_tag:
 		return on_start(w, &m->msg.start);
 	case tandem_internal_v1_CoordMsg_unit_tag:
-		if (wk_engine_input(w->eng, m->msg.unit.req, m->msg.unit.ids,
-				    (int32_t)m->msg.unit.ids_count, &e) < 0)
-			send_failed(w, m->msg.unit.req, &e);
-		return;
+		return on_unit(w, &m->msg.unit);
 	case tandem_internal_v1_CoordMsg_close_tag:
 		if (wk_engine_close_input(w->eng, m->msg.close.req, &e) < 0)
-			send_failed(w, m->msg.close.req, &e);
-		return;
+			return wk__send_failed(w, m->msg.close.req, &e);
+		return wk__enc_close(w, m->msg.close.req);
 	case tandem_internal_v1_CoordMsg_abort_tag:
 		wk_engine_abort(w->eng, m->msg.abort.req);
-		return;
+		return wk__split_end(w, m->msg.abort.req);
+	case tandem_internal_v1_CoordMsg_retarget_tag:
+		if (!w->kvl)
+			return;
+		return wk__enc_retarget(w, m->msg.retarget.req, m->msg.retarget.kv_peer);
+	case tandem_internal_v1_CoordMsg_nccl_tag:
+		return wk__nccl(w, &m->msg.nccl);
 	default:
 		CM_LOG_WARN("worker: unknown message %d", (int)m->which_msg);
 	}
@@ -282,16 +295,20 @@ static void on_message(struct worker *w, const tandem_internal_v1_CoordMsg *m, s
 
 static int step(struct worker *w, struct cm_err *err)
 {
+	int64_t t0 = cm_time_us();
 	int n = 0, rc = wk_engine_step(w->eng, w->ev, w->max_ev, &n, err);
 	if (rc < 0)
 		return rc;
+	int64_t dt = cm_time_us() - t0;
+	if (dt > 200000)
+		CM_LOG_DEBUG("worker: a step took %lld ms", (long long)(dt / 1000));
 	tandem_internal_v1_Events *evs = NULL;
 	for (int i = 0; i < n; i++) {
 		const struct wk_event *e = &w->ev[i];
 		if (!evs || evs->ev_count == CM_ARRAY_LEN(evs->ev)) {
 			if (evs)
-				send_msg(w);
-			evs = &msg(w, tandem_internal_v1_WorkerMsg_events_tag)->msg.events;
+				wk__send(w);
+			evs = &wk__msg(w, tandem_internal_v1_WorkerMsg_events_tag)->msg.events;
 		}
 		tandem_internal_v1_TokenEvent *t = &evs->ev[evs->ev_count++];
 		t->req = e->req_id;
@@ -301,11 +318,13 @@ static int step(struct worker *w, struct cm_err *err)
 		t->finish = (tandem_internal_v1_Finish)e->finish;
 		t->n_prompt = e->n_prompt;
 		t->n_generated = e->n_generated;
-		if (e->finish != WK_FINISH_NONE)
+		if (e->finish != WK_FINISH_NONE) {
 			live_del(w, e->req_id);
+			wk__split_end(w, e->req_id);
+		}
 	}
 	if (evs)
-		send_msg(w);
+		wk__send(w);
 	return CM_OK;
 }
 
@@ -330,7 +349,7 @@ static void heartbeat(struct worker *w)
 	struct wk_engine_stats s;
 	wk_engine_stats(w->eng, &s);
 	tandem_internal_v1_Heartbeat *h =
-		&msg(w, tandem_internal_v1_WorkerMsg_heartbeat_tag)->msg.heartbeat;
+		&wk__msg(w, tandem_internal_v1_WorkerMsg_heartbeat_tag)->msg.heartbeat;
 	h->running = s.running;
 	h->queued = s.queued;
 	h->kv_blocks_used = s.kv_blocks_used;
@@ -338,7 +357,10 @@ static void heartbeat(struct worker *w)
 	h->steps = s.steps;
 	h->tokens_prefilled = s.tokens_prefilled;
 	h->tokens_decoded = s.tokens_decoded;
-	send_msg(w);
+	h->flops = s.flops;
+	h->tokens_source = s.tokens_source;
+	wk__split_heartbeat(w, h);
+	wk__send(w);
 	w->last_hb = now;
 }
 
@@ -348,7 +370,8 @@ static int serve(struct worker *w, struct cm_err *err)
 	w->last_heard = cm_time_us();
 	while (!(w->p->stop && *w->p->stop)) {
 		bool work = w->st == ST_READY && wk_engine_ready(w->eng);
-		int rc = wk_link_recv(w->link, work ? 0 : 20, w->in);
+		wk_link_wait(w->link, w->kvl ? kvl_fd(w->kvl) : -1, work ? 0 : 20);
+		int rc = wk_link_recv(w->link, 0, w->in);
 		for (int k = 0; rc != 0 && k < 1024; k++) {
 			if (rc > 0) {
 				on_message(w, w->in, err);
@@ -357,8 +380,12 @@ static int serve(struct worker *w, struct cm_err *err)
 			}
 			rc = wk_link_recv(w->link, 0, w->in);
 		}
+		wk__split_poll(w); /* acks and units; never blocks */
+		wk__dec_retry(w);
 		if (w->st == ST_READY && wk_engine_ready(w->eng) && (rc = step(w, err)) < 0)
 			return rc;
+		wk__dec_retry(w);
+		wk__enc_ship(w);
 		heartbeat(w);
 	}
 	return CM_OK;
@@ -366,6 +393,7 @@ static int serve(struct worker *w, struct cm_err *err)
 
 static void worker_fini(struct worker *w)
 {
+	wk__split_fini(w);
 	free(w->ev);
 	wk_engine_free(w->eng);
 	for (int d = 0; d < 3; d++)
@@ -379,13 +407,48 @@ static void worker_fini(struct worker *w)
 	free(w->in);
 }
 
+/* FLOP/s and read bandwidth of this worker's threads, unless given: about 0.2 s. */
+static void measure(struct worker *w)
+{
+	const struct wk_worker_params *p = w->p;
+	w->peak_flops = p->peak_gflops > 0 ? p->peak_gflops * 1e9
+					   : kern_bench_peak(w->be, KERN_PEAK_F32, 0.1) * 1e9;
+	if (p->read_gbps > 0) {
+		w->read_bps = p->read_gbps * 1e9;
+		return;
+	}
+	size_t bytes = (size_t)32 << 20;
+	void *buf = kern_alloc(w->be, bytes);
+	if (!buf)
+		return;
+	memset(buf, 1, bytes);
+	kern_bench_read(w->be, buf, bytes); /* warm */
+	w->read_bps = kern_bench_read(w->be, buf, bytes) * 1e9;
+	kern_free(w->be, buf);
+	CM_LOG_INFO("worker: %.1f GFLOP/s, %.1f GB/s read", w->peak_flops / 1e9, w->read_bps / 1e9);
+}
+
+static int parse_role(const char *role, enum wk_role *out, struct cm_err *err)
+{
+	static const char *const names[] = {"both", "encode", "decode"};
+	for (int i = 0; i < (int)CM_ARRAY_LEN(names); i++)
+		if (role && !strcmp(role, names[i])) {
+			*out = (enum wk_role)i;
+			return CM_OK;
+		}
+	return cm_err_set(err, CM_EINVAL, "role '%s': give both, encode or decode",
+			  role ? role : "");
+}
+
 int wk_worker_run(const struct wk_worker_params *p, struct cm_err *err)
 {
-	if (strcmp(p->role, "both"))
-		return cm_err_set(err, CM_EUNSUPPORTED, "role '%s': only 'both' for now", p->role);
+	struct worker w = {.p = p};
+	if (parse_role(p->role, &w.role, err) < 0)
+		return err->code;
 	if (strcmp(p->device, "cpu"))
 		return cm_err_set(err, CM_EUNSUPPORTED, "device '%s': only 'cpu' here", p->device);
-	struct worker w = {.p = p};
+	if (!p->kv_listen || !p->kv_listen[0])
+		return cm_err_set(err, CM_EINVAL, "no KV link address (--kv-listen tcp://HOST:PORT)");
 	if (p->id) {
 		snprintf(w.id, sizeof(w.id), "%s", p->id);
 	} else {
@@ -407,6 +470,7 @@ int wk_worker_run(const struct wk_worker_params *p, struct cm_err *err)
 		rc = err->code;
 		goto out;
 	}
+	measure(&w);
 	rc = serve(&w, err);
 out:
 	worker_fini(&w);

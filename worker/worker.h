@@ -5,6 +5,13 @@
  * heartbeat with its load. When the coordinator restarts or goes silent it drops
  * its requests (the coordinator re-places them) and registers again.
  *
+ * Roles: "both" runs whole requests. "encode" prefills the source units of
+ * split requests and ships their KV to the request's decode worker over the KV
+ * link (worker/kvlink.h), keeping it until the request ends; "decode" runs
+ * split requests' reasoning on the KV it receives (and whole Generate
+ * requests). Capacities (FLOP/s, read bandwidth) are measured at start-up in
+ * about 0.2 s unless given.
+ *
  * Threads: wk_worker_run runs on the calling thread; the backend's pool does the
  * math.
  *
@@ -22,7 +29,11 @@
 struct wk_worker_params {
 	const char *coordinator;	/* "tcp://host:port" or "host:port" */
 	const char *model;		/* NULL: the folder the coordinator names */
-	const char *role;		/* "both" (encode / decode: next issue) */
+	const char *role;		/* "both", "encode" or "decode" (docs/disaggregation.md) */
+	const char *kv_listen;		/* encode / decode: where the KV link binds,
+					 * "tcp://HOST:PORT" (port 0: any free one) */
+	double peak_gflops;		/* capacity reported to the scheduler; 0: measured */
+	double read_gbps;		/* memory read bandwidth, GB/s; 0: measured */
 	const char *device;		/* "cpu" */
 	const char *id;			/* NULL: "<host>-<pid>" */
 	int threads;			/* 0: every online CPU */

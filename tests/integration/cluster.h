@@ -17,7 +17,7 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
-#define CL_MAX_WORKERS 4
+#define CL_MAX_WORKERS 6
 
 struct cluster {
 	char model[1024];
@@ -61,20 +61,61 @@ static inline void cl_kill(pid_t *pid, int sig)
 	*pid = 0;
 }
 
+/* Starts worker slot i as `id` with a role (both, encode, decode). Fixed
+ * capacities keep the scheduler's choices the same from run to run. */
+static inline void cl_start_role(struct cluster *c, int i, const char *id, const char *role)
+{
+	char coord[64], log[1200];
+	snprintf(coord, sizeof(coord), "tcp://127.0.0.1:%d", c->wport);
+	snprintf(log, sizeof(log), "%s/worker%d-%s.log", c->dir, i, id);
+	char *argv[] = {getenv("TANDEM_BIN"),
+			"worker",
+			"--coordinator",
+			coord,
+			"--worker-id",
+			(char *)id,
+			"--role",
+			(char *)role,
+			"--threads",
+			"1",
+			"--heartbeat-ms",
+			"100",
+			"--max-seqs",
+			"40",
+			"--kv-tokens",
+			"32768",
+			"--peak-gflops",
+			"10",
+			"--read-gbps",
+			"10",
+			"--log-level",
+			"info",
+			NULL};
+	c->worker[i] = cl_spawn(argv, log);
+	if (i >= c->n_workers)
+		c->n_workers = i + 1;
+}
+
 static inline void cl_start_worker(struct cluster *c, int i)
 {
-	char coord[64], id[32], log[1200];
-	snprintf(coord, sizeof(coord), "tcp://127.0.0.1:%d", c->wport);
+	char id[32];
 	snprintf(id, sizeof(id), "w%d", i);
-	snprintf(log, sizeof(log), "%s/worker%d.log", c->dir, i);
-	char *argv[] = {
-		getenv("TANDEM_BIN"), "worker", "--coordinator",  coord,  "--worker-id", id,
-		"--threads",	      "1",	"--heartbeat-ms", "100",  "--max-seqs",	 "40",
-		"--kv-tokens",	      "32768",	"--log-level",	  "info", NULL};
-	c->worker[i] = cl_spawn(argv, log);
+	cl_start_role(c, i, id, "both");
 }
 
 static inline int cl_ready_workers(struct cluster *c);
+
+/* Waits (60 s at most) until exactly n workers are ready. */
+static inline void cl_wait_ready(struct cluster *c, int n)
+{
+	int ready = -1;
+	for (int i = 0; i < 600 && ready != n; i++) {
+		ready = cl_ready_workers(c);
+		if (ready != n)
+			usleep(100000);
+	}
+	cr_assert_eq(ready, n, "%d workers ready, not %d (see %s)", ready, n, c->dir);
+}
 
 /* Starts a coordinator (extra flags appended) and n workers; waits until all are ready. */
 static inline void cl_start(struct cluster *c, int n, const char *tag, const char *hb_timeout_ms)
@@ -119,16 +160,9 @@ static inline void cl_start(struct cluster *c, int n, const char *tag, const cha
 	struct cm_err err = {0};
 	c->cli = coord_client_new(c->addr, &err);
 	cr_assert_not_null(c->cli, "%s", err.msg);
-	c->n_workers = n;
 	for (int i = 0; i < n; i++)
 		cl_start_worker(c, i);
-	int ready = 0;
-	for (int i = 0; i < 600 && ready < n; i++) { /* 60 s */
-		ready = cl_ready_workers(c);
-		if (ready < n)
-			usleep(100000);
-	}
-	cr_assert_eq(ready, n, "workers not ready (see %s)", c->dir);
+	cl_wait_ready(c, n);
 }
 
 static inline void cl_stop(struct cluster *c)

@@ -174,20 +174,6 @@ double sched_kv_token_bytes(const struct md_config *cfg, const struct sched_para
 	return 2.0 * cfg->n_layer * cfg->n_kv_head * cfg->head_dim * p->kv_bytes;
 }
 
-double sched_flops_per_token(const struct md_config *cfg)
-{
-	double d = cfg->hidden, hd = cfg->head_dim;
-	double q = cfg->n_head * hd, kv = cfg->n_kv_head * hd;
-	double per_layer = d * q + 2.0 * d * kv + q * d + 3.0 * d * cfg->intermediate;
-	return 2.0 * (cfg->n_layer * per_layer + (double)cfg->vocab * d);
-}
-
-double sched_req_cost(const struct md_config *cfg, int64_t n_tokens, int64_t max_tokens)
-{
-	int64_t n = CM_MAX(n_tokens, 0) + CM_MAX(max_tokens, 0);
-	return (double)n * sched_flops_per_token(cfg);
-}
-
 double sched_cost_seconds(const struct sched_cost *c, const struct sched_capacity *cap)
 {
 	double bytes = c->weight_bytes + c->kv_read_bytes + c->kv_write_bytes;

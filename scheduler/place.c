@@ -383,28 +383,6 @@ void sched_ticket_finish(struct sched_worker *w, int n, struct sched_ticket *t)
 	*t = (struct sched_ticket){.worker = {-1, -1}};
 }
 
-/* ---- legacy ---------------------------------------------------------------- */
-
-/* True when a is a better place than b. */
-static bool better(const struct sched_worker *a, const struct sched_worker *b)
-{
-	if (a->outstanding_flops != b->outstanding_flops)
-		return a->outstanding_flops < b->outstanding_flops;
-	return a->requests < b->requests;
-}
-
-int sched_req_place(const struct sched_worker *w, int n)
-{
-	int best = -1;
-	for (int i = 0; i < n; i++) {
-		if (!w[i].live)
-			continue;
-		if (best < 0 || better(&w[i], &w[best]))
-			best = i;
-	}
-	return best;
-}
-
 /* ---- metrics --------------------------------------------------------------- */
 
 static const struct sched_metric metrics[SCHED_N_METRICS] = {

@@ -112,14 +112,6 @@ int64_t sched_gen_tokens(int64_t n_units, int32_t unit_budget, int32_t final_bud
 /* KV bytes of one token over all layers: 2 * L * n_kv * d_h * kv_bytes. */
 double sched_kv_token_bytes(const struct md_config *cfg, const struct sched_params *p);
 
-/* FLOPs of one token through the dense model (2 per weight of every matmul,
- * embedding lookup excluded, LM head included); attention scores excluded. */
-double sched_flops_per_token(const struct md_config *cfg);
-
-/* Legacy: n_tokens prompt/input tokens plus max_tokens generated, each at
- * sched_flops_per_token (the coordinator's estimate before issue 7). */
-double sched_req_cost(const struct md_config *cfg, int64_t n_tokens, int64_t max_tokens);
-
 /* ---- workers -------------------------------------------------------------- */
 
 /* Values as in proto/internal.proto's Role. */
@@ -212,10 +204,6 @@ int sched_ticket_update(struct sched_worker *w, int n, struct sched_ticket *t, e
 
 /* The request ended: its charges and KV leave its workers; t is unplaced. */
 void sched_ticket_finish(struct sched_worker *w, int n, struct sched_ticket *t);
-
-/* Legacy: the index of the live worker with the least outstanding FLOPs (then
- * fewer requests, then the lower index), or -1 when none is live. */
-int sched_req_place(const struct sched_worker *w, int n);
 
 /* ---- metrics -------------------------------------------------------------- */
 

@@ -189,25 +189,12 @@ int kvl__hdr_decode(const uint8_t *b, size_t n, struct kvl__hdr *h, struct cm_er
 
 /* ---- parameters, shape ---------------------------------------------------- */
 
-static size_t kvl__dtype_size(enum kern_dtype dt)
-{
-	switch (dt) {
-	case KERN_F32:
-		return 4;
-	case KERN_F16:
-	case KERN_BF16:
-		return 2;
-	default:
-		return 0;
-	}
-}
-
 size_t kvl_kv_bytes(const struct kvl_shape *s, int32_t n)
 {
 	if (n <= 0 || s->n_layer <= 0 || s->n_kv_head <= 0 || s->head_dim <= 0)
 		return 0;
 	return (size_t)s->n_layer * 2 * (size_t)n * (size_t)s->n_kv_head * (size_t)s->head_dim *
-	       kvl__dtype_size(s->dtype);
+	       kern_dtype_size(s->dtype);
 }
 
 struct kvl_params kvl_default_params(void)
@@ -237,7 +224,7 @@ static int kvl__params_check(const struct kvl_params *p, struct kvl_params *q, s
 	if (!p->bind || !*p->bind)
 		return cm_err_set(err, CM_EINVAL, "KV link: no bind address");
 	if (s->n_layer <= 0 || s->n_layer > 4096 || s->n_kv_head <= 0 || s->n_kv_head > 4096 ||
-	    s->head_dim <= 0 || s->head_dim > 65536 || !kvl__dtype_size(s->dtype))
+	    s->head_dim <= 0 || s->head_dim > 65536 || !kern_dtype_size(s->dtype))
 		return cm_err_set(err, CM_EINVAL,
 				  "KV link: bad shape (n_layer %d, n_kv_head %d, head_dim %d, dtype %d)",
 				  s->n_layer, s->n_kv_head, s->head_dim, (int)s->dtype);

@@ -42,7 +42,7 @@
  * Memory: kv is host memory on both transports for now (the engine's KV is in
  * host memory); the NCCL transport stages it through device buffers
  * (cudaMemcpyAsync host to device before ncclSend, device to host after
- * ncclRecv). docs/disaggregation.md "KV link" has the wire format.
+ * ncclRecv). kvlink-impl.h has the wire format.
  *
  *     struct kvl_params p = kvl_default_params();
  *     p.bind = "tcp://0.0.0.0:0"; p.shape = (struct kvl_shape){...};

@@ -1,7 +1,7 @@
 /* kvlink's NCCL transport (worker/kvlink-impl.h): two-rank communicators,
- * device staging buffers and the rendezvous helpers. Built against CUDA and
- * NCCL when meson finds them (TANDEM_HAVE_NCCL); otherwise the same
- * functions answer CM_EUNSUPPORTED, so kvlink.c has no #ifdef.
+ * device staging buffers and the rendezvous helpers. Built when meson finds
+ * CUDA and NCCL; otherwise kvlink_nonccl.c gives the same functions, answering
+ * CM_EUNSUPPORTED, so no source file needs an #ifdef.
  *
  * Communicators are nonblocking (ncclConfig_t.blocking = 0): every NCCL call
  * is followed by polling ncclCommGetAsyncError with a deadline, so a peer that
@@ -14,7 +14,6 @@
 #include <string.h>
 #include <time.h>
 
-#ifdef TANDEM_HAVE_NCCL
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -226,56 +225,3 @@ int kvl__comm_recv(struct kvl__comm *c, void *kv, size_t n, int64_t timeout_ms,
 		return kvl__cuda_fail(c, ce, "copy to host", err);
 	return CM_OK;
 }
-
-#else /* no CUDA/NCCL in this build */
-
-int kvl__cuda_devices(void)
-{
-	return -1;
-}
-
-bool kvl_nccl_available(void)
-{
-	return false;
-}
-
-int kvl_nccl_unique_id(uint8_t id[KVL_NCCL_ID_BYTES], struct cm_err *err)
-{
-	memset(id, 0, KVL_NCCL_ID_BYTES);
-	return cm_err_set(err, CM_EUNSUPPORTED, "this build has no CUDA/NCCL");
-}
-
-int kvl__comm_new(int device, const uint8_t id[KVL_NCCL_ID_BYTES], int rank, int64_t timeout_ms,
-		  struct kvl__comm **out, struct cm_err *err)
-{
-	(void)device, (void)id, (void)rank, (void)timeout_ms;
-	*out = NULL;
-	return cm_err_set(err, CM_EUNSUPPORTED, "this build has no CUDA/NCCL");
-}
-
-void kvl__comm_free(struct kvl__comm *c)
-{
-	(void)c;
-}
-
-bool kvl__comm_idle(struct kvl__comm *c)
-{
-	(void)c;
-	return true;
-}
-
-int kvl__comm_send(struct kvl__comm *c, const void *kv, size_t n, int64_t timeout_ms,
-		   struct cm_err *err)
-{
-	(void)c, (void)kv, (void)n, (void)timeout_ms;
-	return cm_err_set(err, CM_EUNSUPPORTED, "this build has no CUDA/NCCL");
-}
-
-int kvl__comm_recv(struct kvl__comm *c, void *kv, size_t n, int64_t timeout_ms,
-		   struct cm_err *err)
-{
-	(void)c, (void)kv, (void)n, (void)timeout_ms;
-	return cm_err_set(err, CM_EUNSUPPORTED, "this build has no CUDA/NCCL");
-}
-
-#endif

@@ -1,0 +1,120 @@
+/* bench_matmul: the matmuls of one Qwen3-0.6B layer (bf16 weights) as a
+ * fraction of the machine's peak, measured in the same run (docs/performance.md,
+ * "Where the time goes"). For each shape and token count it reports GFLOP/s,
+ * the fraction of the bf16 (or f32) dot-product peak, and the weights' read
+ * rate; the weights are hot in cache only when they fit.
+ *
+ *     bench_matmul [--threads N] [--tokens N[,N...]] [--f32act] [--seconds S]
+ */
+#include "kernels/kern.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+struct shape {
+	const char *name;
+	int n_w;
+	int32_t rows[3], cols;
+};
+
+/* One layer of Qwen3-0.6B as the engine calls it (fused q/k/v and gate/up). */
+static const struct shape shapes[] = {
+	{"qkv", 3, {2048, 1024, 1024}, 1024},
+	{"o", 1, {1024}, 2048},
+	{"gate+up", 2, {3072, 3072}, 1024},
+	{"down", 1, {1024}, 3072},
+};
+
+static int usage(void)
+{
+	fprintf(stderr, "usage: bench_matmul [--threads N] [--tokens N[,N...]] [--f32act] "
+			"[--seconds S]\n");
+	return 2;
+}
+
+int main(int argc, char **argv)
+{
+	struct kern_cpu_params kp = kern_cpu_default_params();
+	kp.n_threads = 2;
+	kp.bf16_activations = true;
+	const char *tokens = "1,8,64,512";
+	double seconds = 0.5;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+			kp.n_threads = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--tokens") && i + 1 < argc)
+			tokens = argv[++i];
+		else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
+			seconds = atof(argv[++i]);
+		else if (!strcmp(argv[i], "--f32act"))
+			kp.bf16_activations = false;
+		else
+			return usage();
+	}
+	struct cm_err err = {0};
+	struct kern_backend *be = kern_cpu_new(&kp, &err);
+	if (!be) {
+		fprintf(stderr, "bench_matmul: %s\n", err.msg);
+		return 1;
+	}
+	bool bf16 = strstr(kern_backend_name(be), "bf16act") != NULL;
+	double peak = kern_bench_peak(be, bf16 ? KERN_PEAK_BF16 : KERN_PEAK_F32, 0.3);
+	printf("%s, %s activations: peak %.0f GFLOP/s\n", kern_backend_name(be),
+	       bf16 ? "bf16" : "f32", peak);
+	printf("%-8s %6s %10s %8s %8s\n", "matmul", "tokens", "GFLOP/s", "of peak", "w GB/s");
+
+	for (const char *t = tokens; t && *t; t = strchr(t, ',') ? strchr(t, ',') + 1 : NULL) {
+		int32_t n = atoi(t);
+		if (n <= 0)
+			return usage();
+		for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+			const struct shape *sh = &shapes[s];
+			const int32_t *part = sh->rows;
+			int32_t rows = part[0] + part[1] + part[2];
+			struct kern_mat m[3];
+			const struct kern_mat *mp[3];
+			float *y[3];
+			float *x = kern_alloc(be, (size_t)n * (size_t)sh->cols * sizeof(float));
+			for (int i = 0; i < sh->n_w; i++) {
+				m[i] = (struct kern_mat){.dtype = KERN_BF16, .rows = part[i],
+							 .cols = sh->cols};
+				uint16_t *w = kern_alloc(be, kern_mat_bytes(&m[i]));
+				for (size_t k = 0; k < (size_t)part[i] * (size_t)sh->cols; k++)
+					w[k] = (uint16_t)(0x3c00 + (k * 2654435761u >> 24) % 512);
+				m[i].data = w;
+				mp[i] = &m[i];
+				y[i] = kern_alloc(be, (size_t)n * (size_t)part[i] * sizeof(float));
+			}
+			for (size_t k = 0; k < (size_t)n * (size_t)sh->cols; k++)
+				x[k] = (float)((k * 40503u) % 997) / 997.0f - 0.5f;
+			kern_matmul_n(be, sh->n_w, mp, x, n, y); /* warm-up */
+			int iters = 0;
+			double t0 = now(), t1 = t0;
+			while (t1 - t0 < seconds) {
+				kern_matmul_n(be, sh->n_w, mp, x, n, y);
+				iters++;
+				t1 = now();
+			}
+			double per = (t1 - t0) / iters;
+			double flops = 2.0 * rows * sh->cols * n;
+			printf("%-8s %6d %10.1f %8.3f %8.1f\n", sh->name, n, flops / per * 1e-9,
+			       flops / per * 1e-9 / peak, 2.0 * rows * sh->cols / per * 1e-9);
+			for (int i = 0; i < sh->n_w; i++) {
+				kern_free(be, (void *)m[i].data);
+				kern_free(be, y[i]);
+			}
+			kern_free(be, x);
+		}
+	}
+	kern_backend_free(be);
+	return 0;
+}

@@ -2,7 +2,8 @@
  * fraction of the machine's peak, measured in the same run (docs/performance.md,
  * "Where the time goes"). For each shape and token count it reports GFLOP/s,
  * the fraction of the bf16 (or f32) dot-product peak, and the weights' read
- * rate; the weights are hot in cache only when they fit.
+ * rate. Each measurement cycles over copies of its matrices (256 MiB in all),
+ * so the weights come from memory as in a forward pass, never from a cache.
  *
  *     bench_matmul [--threads N] [--tokens N[,N...]] [--f32act] [--seconds S]
  */
@@ -19,6 +20,8 @@ static double now(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+#define COPIES_MAX 64
 
 struct shape {
 	const char *name;
@@ -80,27 +83,33 @@ int main(int argc, char **argv)
 			const struct shape *sh = &shapes[s];
 			const int32_t *part = sh->rows;
 			int32_t rows = part[0] + part[1] + part[2];
-			struct kern_mat m[3];
-			const struct kern_mat *mp[3];
+			size_t bytes = (size_t)rows * (size_t)sh->cols * 2;
+			int copies = (int)CM_MIN((256u << 20) / bytes + 1, (size_t)COPIES_MAX);
+			struct kern_mat m[COPIES_MAX][3];
+			const struct kern_mat *mp[COPIES_MAX][3];
 			float *y[3];
 			float *x = kern_alloc(be, (size_t)n * (size_t)sh->cols * sizeof(float));
-			for (int i = 0; i < sh->n_w; i++) {
-				m[i] = (struct kern_mat){.dtype = KERN_BF16, .rows = part[i],
-							 .cols = sh->cols};
-				uint16_t *w = kern_alloc(be, kern_mat_bytes(&m[i]));
-				for (size_t k = 0; k < (size_t)part[i] * (size_t)sh->cols; k++)
-					w[k] = (uint16_t)(0x3c00 + (k * 2654435761u >> 24) % 512);
-				m[i].data = w;
-				mp[i] = &m[i];
+			for (int c = 0; c < copies; c++)
+				for (int i = 0; i < sh->n_w; i++) {
+					m[c][i] = (struct kern_mat){
+						.dtype = KERN_BF16, .rows = part[i], .cols = sh->cols};
+					uint16_t *w = kern_alloc(be, kern_mat_bytes(&m[c][i]));
+					for (size_t k = 0; k < (size_t)part[i] * (size_t)sh->cols; k++)
+						w[k] = (uint16_t)(0x3c00 +
+								  (k * 2654435761u >> 24) % 512);
+					m[c][i].data = w;
+					mp[c][i] = &m[c][i];
+				}
+			for (int i = 0; i < sh->n_w; i++)
 				y[i] = kern_alloc(be, (size_t)n * (size_t)part[i] * sizeof(float));
-			}
 			for (size_t k = 0; k < (size_t)n * (size_t)sh->cols; k++)
 				x[k] = (float)((k * 40503u) % 997) / 997.0f - 0.5f;
-			kern_matmul_n(be, sh->n_w, mp, x, n, y); /* warm-up */
+			for (int c = 0; c < copies; c++) /* warm-up */
+				kern_matmul_n(be, sh->n_w, mp[c], x, n, y);
 			int iters = 0;
 			double t0 = now(), t1 = t0;
 			while (t1 - t0 < seconds) {
-				kern_matmul_n(be, sh->n_w, mp, x, n, y);
+				kern_matmul_n(be, sh->n_w, mp[iters % copies], x, n, y);
 				iters++;
 				t1 = now();
 			}
@@ -108,10 +117,11 @@ int main(int argc, char **argv)
 			double flops = 2.0 * rows * sh->cols * n;
 			printf("%-8s %6d %10.1f %8.3f %8.1f\n", sh->name, n, flops / per * 1e-9,
 			       flops / per * 1e-9 / peak, 2.0 * rows * sh->cols / per * 1e-9);
-			for (int i = 0; i < sh->n_w; i++) {
-				kern_free(be, (void *)m[i].data);
+			for (int c = 0; c < copies; c++)
+				for (int i = 0; i < sh->n_w; i++)
+					kern_free(be, (void *)m[c][i].data);
+			for (int i = 0; i < sh->n_w; i++)
 				kern_free(be, y[i]);
-			}
 			kern_free(be, x);
 		}
 	}

@@ -260,6 +260,9 @@ void coord__unplace(struct coord *c, struct coord_req *r);
 void coord__send_unit(struct coord *c, struct coord_req *r, int32_t k);
 void coord__send_close(struct coord *c, struct coord_req *r);
 void coord__send_abort(struct coord *c, struct coord_req *r);
+/* r ended on its decode side: the encode worker of a split r frees the shard it
+ * kept (an Abort, which it answers with a finish the coordinator ignores). */
+void coord__release_encode(struct coord *c, struct coord_req *r);
 /* A heartbeat of worker w: its requests' charges are re-estimated. */
 void coord__progress(struct coord *c, int w);
 /* Worker w left: no NCCL pair with it stays. */

@@ -51,6 +51,12 @@ void coord__send_abort(struct coord *c, struct coord_req *r)
 	abort_on(c, r, r->enc);
 }
 
+void coord__release_encode(struct coord *c, struct coord_req *r)
+{
+	if (r->enc != r->worker)
+		abort_on(c, r, r->enc);
+}
+
 /* Start of r on worker w: mode, and for a split request the KV peer. */
 static void send_start(struct coord *c, struct coord_req *r, int w, int32_t mode, const char *peer,
 		       bool remote)

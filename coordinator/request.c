@@ -493,6 +493,7 @@ static void req_done(struct coord *c, struct coord_req *r, const tandem_internal
 	m->prompt_tokens += (uint64_t)d->usage.prompt_tokens;
 	if (r->rpc)
 		coord_rpc_finish(r->rpc, COORD_OK, "");
+	coord__release_encode(c, r);
 	req_free(c, r);
 }
 

@@ -293,12 +293,17 @@ static void on_message(struct worker *w, const tandem_internal_v1_CoordMsg *m, s
 
 /* ---- the loop ----------------------------------------------------------- */
 
+/* One engine step and its events; 1 when it ran a batch or reported something,
+ * 0 when nothing could move (e.g. every sequence waits for KV blocks). */
 static int step(struct worker *w, struct cm_err *err)
 {
 	int64_t t0 = cm_time_us();
+	struct wk_engine_stats before, after;
+	wk_engine_stats(w->eng, &before);
 	int n = 0, rc = wk_engine_step(w->eng, w->ev, w->max_ev, &n, err);
 	if (rc < 0)
 		return rc;
+	wk_engine_stats(w->eng, &after);
 	int64_t dt = cm_time_us() - t0;
 	if (dt > 200000)
 		CM_LOG_DEBUG("worker: a step took %lld ms", (long long)(dt / 1000));
@@ -325,7 +330,7 @@ static int step(struct worker *w, struct cm_err *err)
 	}
 	if (evs)
 		wk__send(w);
-	return CM_OK;
+	return n > 0 || after.steps != before.steps;
 }
 
 static void heartbeat(struct worker *w)
@@ -368,8 +373,9 @@ static int serve(struct worker *w, struct cm_err *err)
 {
 	send_hello(w);
 	w->last_heard = cm_time_us();
+	bool stuck = false; /* the last step could not move: wait for a message */
 	while (!(w->p->stop && *w->p->stop)) {
-		bool work = w->st == ST_READY && wk_engine_ready(w->eng);
+		bool work = w->st == ST_READY && wk_engine_ready(w->eng) && !stuck;
 		wk_link_wait(w->link, w->kvl ? kvl_fd(w->kvl) : -1, work ? 0 : 20);
 		int rc = wk_link_recv(w->link, 0, w->in);
 		for (int k = 0; rc != 0 && k < 1024; k++) {
@@ -382,8 +388,12 @@ static int serve(struct worker *w, struct cm_err *err)
 		}
 		wk__split_poll(w); /* acks and units; never blocks */
 		wk__dec_retry(w);
-		if (w->st == ST_READY && wk_engine_ready(w->eng) && (rc = step(w, err)) < 0)
-			return rc;
+		stuck = false;
+		if (w->st == ST_READY && wk_engine_ready(w->eng)) {
+			if ((rc = step(w, err)) < 0)
+				return rc;
+			stuck = rc == 0;
+		}
 		wk__dec_retry(w);
 		wk__enc_ship(w);
 		heartbeat(w);

@@ -195,6 +195,23 @@ static void kv_figures(struct cluster *c, const char *enc, const char *dec, doub
 	}
 }
 
+/* Polls /metrics (5 s at most) until worker id reports an empty KV cache; its
+ * last reported usage. */
+static double kv_usage_settles(struct cluster *c, const char *id)
+{
+	char l[64];
+	snprintf(l, sizeof(l), "worker=\"%s\"", id);
+	double u = -1;
+	for (int i = 0; i < 50 && u != 0; i++) {
+		if (i)
+			usleep(100000);
+		char *m = metrics(c);
+		u = sample(m, "tandem_worker_kv_usage_ratio", l);
+		free(m);
+	}
+	return u;
+}
+
 /* Index (id's digit) of the worker of role with a request placed on it, or -1. */
 static int busy(struct cluster *c, const char *role)
 {
@@ -226,6 +243,7 @@ Test(disagg, split_layout_gives_the_tokens_of_the_both_layout, .timeout = 180)
 	cr_assert_gt(prefilled, 0, "the encode worker encoded the source");
 	cr_assert_eq(prefilled, received, "every encoded token reached the decode worker");
 	cr_assert_eq(sent, prefilled, "each unit was shipped once");
+	cr_assert_eq(kv_usage_settles(&c, "e1"), 0, "the encode worker freed the shard at the end");
 
 	/* batch mode: the whole source first, same as on one worker */
 	think(&c, true, t);

@@ -3,9 +3,10 @@
  * "Where the time goes"). For each shape and token count it reports GFLOP/s,
  * the fraction of the bf16 (or f32) dot-product peak, and the weights' read
  * rate. Each measurement cycles over copies of its matrices (256 MiB in all),
- * so the weights come from memory as in a forward pass, never from a cache.
+ * so the weights come from memory as in a forward pass, never from a cache;
+ * --hot uses one copy, which stays in the caches it fits (the compute bound).
  *
- *     bench_matmul [--threads N] [--tokens N[,N...]] [--f32act] [--seconds S]
+ *     bench_matmul [--threads N] [--tokens N[,N...]] [--f32act] [--hot] [--seconds S]
  */
 #include "kernels/kern.h"
 
@@ -40,7 +41,7 @@ static const struct shape shapes[] = {
 static int usage(void)
 {
 	fprintf(stderr, "usage: bench_matmul [--threads N] [--tokens N[,N...]] [--f32act] "
-			"[--seconds S]\n");
+			"[--hot] [--seconds S]\n");
 	return 2;
 }
 
@@ -51,6 +52,7 @@ int main(int argc, char **argv)
 	kp.bf16_activations = true;
 	const char *tokens = "1,8,64,512";
 	double seconds = 0.5;
+	bool hot = false;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--threads") && i + 1 < argc)
 			kp.n_threads = atoi(argv[++i]);
@@ -58,6 +60,8 @@ int main(int argc, char **argv)
 			tokens = argv[++i];
 		else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
 			seconds = atof(argv[++i]);
+		else if (!strcmp(argv[i], "--hot"))
+			hot = true;
 		else if (!strcmp(argv[i], "--f32act"))
 			kp.bf16_activations = false;
 		else
@@ -84,7 +88,7 @@ int main(int argc, char **argv)
 			const int32_t *part = sh->rows;
 			int32_t rows = part[0] + part[1] + part[2];
 			size_t bytes = (size_t)rows * (size_t)sh->cols * 2;
-			int copies = (int)CM_MIN((256u << 20) / bytes + 1, (size_t)COPIES_MAX);
+			int copies = hot ? 1 : (int)CM_MIN((256u << 20) / bytes + 1, (size_t)COPIES_MAX);
 			struct kern_mat m[COPIES_MAX][3];
 			const struct kern_mat *mp[COPIES_MAX][3];
 			float *y[3];

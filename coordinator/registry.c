@@ -135,7 +135,16 @@ static void on_ready(struct coord *c, int w, const tandem_internal_v1_Ready *r)
 	struct sched_worker *s = &c->sw[w];
 	s->live = true;
 	s->max_seqs = r->max_seqs;
-	s->cap.kv_bytes = r->kv_tokens > 0 ? r->kv_tokens * sched_kv_token_bytes(&c->cfg, &c->sp) : 0;
+	if (r->kv_tokens > 0 && r->kv_bytes > 0) {
+		/* the pool as the worker stores it (f32 or f16 KV): costs count KV
+		 * bytes at the workers' element size */
+		const struct md_config *g = &c->cfg;
+		c->sp.kv_bytes = (double)r->kv_bytes / (double)r->kv_tokens /
+				 (2.0 * g->n_layer * g->n_kv_head * g->head_dim);
+		s->cap.kv_bytes = (double)r->kv_bytes;
+	} else {
+		s->cap.kv_bytes = r->kv_tokens > 0 ? r->kv_tokens * sched_kv_token_bytes(&c->cfg, &c->sp) : 0;
+	}
 	CM_LOG_INFO("worker %s ready (kv %d tokens, %d sequences%s%s)", k->id, r->kv_tokens,
 		    r->max_seqs, k->kv_endpoint[0] ? ", KV link " : "", k->kv_endpoint);
 }

@@ -38,6 +38,16 @@ static const struct shape shapes[] = {
 	{"down", 1, {1024}, 3072},
 };
 
+static void *alloc(struct kern_backend *be, size_t bytes)
+{
+	void *p = kern_alloc(be, bytes);
+	if (!p) {
+		fprintf(stderr, "bench_matmul: out of memory\n");
+		exit(1);
+	}
+	return p;
+}
+
 static int usage(void)
 {
 	fprintf(stderr, "usage: bench_matmul [--threads N] [--tokens N[,N...]] [--f32act] "
@@ -92,12 +102,12 @@ int main(int argc, char **argv)
 			struct kern_mat m[COPIES_MAX][3];
 			const struct kern_mat *mp[COPIES_MAX][3];
 			float *y[3];
-			float *x = kern_alloc(be, (size_t)n * (size_t)sh->cols * sizeof(float));
+			float *x = alloc(be, (size_t)n * (size_t)sh->cols * sizeof(float));
 			for (int c = 0; c < copies; c++)
 				for (int i = 0; i < sh->n_w; i++) {
 					m[c][i] = (struct kern_mat){
 						.dtype = KERN_BF16, .rows = part[i], .cols = sh->cols};
-					uint16_t *w = kern_alloc(be, kern_mat_bytes(&m[c][i]));
+					uint16_t *w = alloc(be, kern_mat_bytes(&m[c][i]));
 					for (size_t k = 0; k < (size_t)part[i] * (size_t)sh->cols; k++)
 						w[k] = (uint16_t)(0x3c00 +
 								  (k * 2654435761u >> 24) % 512);
@@ -105,7 +115,7 @@ int main(int argc, char **argv)
 					mp[c][i] = &m[c][i];
 				}
 			for (int i = 0; i < sh->n_w; i++)
-				y[i] = kern_alloc(be, (size_t)n * (size_t)part[i] * sizeof(float));
+				y[i] = alloc(be, (size_t)n * (size_t)part[i] * sizeof(float));
 			for (size_t k = 0; k < (size_t)n * (size_t)sh->cols; k++)
 				x[k] = (float)((k * 40503u) % 997) / 997.0f - 0.5f;
 			for (int c = 0; c < copies; c++) /* warm-up */

@@ -105,7 +105,7 @@ static void encode_cost(const struct shape *s, const struct sched_params *p,
 		c->kv_hold_bytes += n * s->kv_layer;
 	}
 	c->weight_bytes = steps * s->w_layer * s->n_layer * p->weight_bytes / p->batch;
-	c->link_bytes = c->kv_hold_bytes;
+	c->link_bytes = c->kv_write_bytes; /* what is encoded from now on is shipped */
 }
 
 /* Source keys seen by the generated tokens [a, b) per source token at the layer:

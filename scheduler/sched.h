@@ -86,7 +86,7 @@ struct sched_cost {
 	double kv_write_bytes; /* KV written */
 	double kv_hold_bytes;  /* KV memory the phase's worker holds for the request
 				* (whole request, not only what is left) */
-	double link_bytes;     /* encode: source KV shipped to the decode side
+	double link_bytes;     /* encode: source KV still to ship to the decode side
 				* (|u| * 2 * L * n_kv * d_h * b summed over units) */
 };
 

@@ -80,8 +80,9 @@ Test(sched_cost, done_tokens_leave_the_estimate)
 	EQ(e.phase[SCHED_ENCODE].flops, 2880);
 	/* generated 1..2 see 6 + 2 and 6 + 3 keys */
 	EQ(e.phase[SCHED_DECODE].flops, 2 * (2 * 288 + 16 * 17) + 2 * 80);
-	/* the held KV is the whole request's */
+	/* the held KV is the whole request's; the link ships what is left to encode */
 	EQ(e.phase[SCHED_DECODE].kv_hold_bytes, 144);
+	EQ(e.phase[SCHED_ENCODE].link_bytes, 4 * 2 * 8);
 }
 
 Test(sched_cost, skipgpt_rates_skip_q_o_attention_and_mlp_but_not_kv)

@@ -13,14 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 #define COPIES_MAX 64
 
@@ -83,7 +75,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_matmul: %s\n", err.msg);
 		return 1;
 	}
-	bool bf16 = strstr(kern_backend_name(be), "bf16act") != NULL;
+	bool bf16 = kp.bf16_activations && kern_cpu_detect_isa() >= KERN_ISA_AVX512BF16;
 	double peak = kern_bench_peak(be, bf16 ? KERN_PEAK_BF16 : KERN_PEAK_F32, 0.3);
 	printf("%s, %s activations: peak %.0f GFLOP/s\n", kern_backend_name(be),
 	       bf16 ? "bf16" : "f32", peak);
@@ -121,13 +113,13 @@ int main(int argc, char **argv)
 			for (int c = 0; c < copies; c++) /* warm-up */
 				kern_matmul_n(be, sh->n_w, mp[c], x, n, y);
 			int iters = 0;
-			double t0 = now(), t1 = t0;
-			while (t1 - t0 < seconds) {
+			int64_t t0 = cm_time_us(), t1 = t0;
+			while ((double)(t1 - t0) < seconds * 1e6) {
 				kern_matmul_n(be, sh->n_w, mp[iters % copies], x, n, y);
 				iters++;
-				t1 = now();
+				t1 = cm_time_us();
 			}
-			double per = (t1 - t0) / iters;
+			double per = (double)(t1 - t0) * 1e-6 / iters;
 			double flops = 2.0 * rows * sh->cols * n;
 			printf("%-8s %6d %10.1f %8.3f %8.1f\n", sh->name, n, flops / per * 1e-9,
 			       flops / per * 1e-9 / peak, 2.0 * rows * sh->cols / per * 1e-9);

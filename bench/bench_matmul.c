@@ -5,8 +5,11 @@
  * rate. Each measurement cycles over copies of its matrices (256 MiB in all),
  * so the weights come from memory as in a forward pass, never from a cache;
  * --hot uses one copy, which stays in the caches it fits (the compute bound).
+ * --q8 quantises the weights to q8_0 (peak: int8 dot products). The read
+ * bandwidth is measured first, and each weight read rate is also printed as a
+ * fraction of it.
  *
- *     bench_matmul [--threads N] [--tokens N[,N...]] [--f32act] [--hot] [--seconds S]
+ *     bench_matmul [--threads N] [--tokens N[,N...]] [--f32act] [--q8] [--hot] [--seconds S]
  */
 #include "kernels/kern.h"
 
@@ -42,7 +45,7 @@ static void *alloc(struct kern_backend *be, size_t bytes)
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: bench_matmul [--threads N] [--tokens N[,N...]] [--f32act] "
+	fprintf(stderr, "usage: bench_matmul [--threads N] [--tokens N[,N...]] [--f32act] [--q8] "
 			"[--hot] [--seconds S]\n");
 	return 2;
 }
@@ -54,7 +57,7 @@ int main(int argc, char **argv)
 	kp.bf16_activations = true;
 	const char *tokens = "1,8,64,512";
 	double seconds = 0.5;
-	bool hot = false;
+	bool hot = false, q8 = false;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--threads") && i + 1 < argc)
 			kp.n_threads = atoi(argv[++i]);
@@ -64,6 +67,8 @@ int main(int argc, char **argv)
 			seconds = atof(argv[++i]);
 		else if (!strcmp(argv[i], "--hot"))
 			hot = true;
+		else if (!strcmp(argv[i], "--q8"))
+			q8 = true;
 		else if (!strcmp(argv[i], "--f32act"))
 			kp.bf16_activations = false;
 		else
@@ -76,10 +81,19 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	bool bf16 = kp.bf16_activations && kern_cpu_detect_isa() >= KERN_ISA_AVX512BF16;
-	double peak = kern_bench_peak(be, bf16 ? KERN_PEAK_BF16 : KERN_PEAK_F32, 0.3);
-	printf("%s, %s activations: peak %.0f GFLOP/s\n", kern_backend_name(be),
-	       bf16 ? "bf16" : "f32", peak);
-	printf("%-8s %6s %10s %8s %8s\n", "matmul", "tokens", "GFLOP/s", "of peak", "w GB/s");
+	enum kern_peak pk = q8 ? KERN_PEAK_INT8 : bf16 ? KERN_PEAK_BF16 : KERN_PEAK_F32;
+	double peak = kern_bench_peak(be, pk, 0.3);
+	const size_t rbytes = 512u << 20;
+	char *rbuf = alloc(be, rbytes);
+	memset(rbuf, 1, rbytes);
+	double read = 0;
+	for (int i = 0; i < 3; i++)
+		read = CM_MAX(read, kern_bench_read(be, rbuf, rbytes));
+	kern_free(be, rbuf);
+	printf("%s, %s: peak %.0f GFLOP/s, read %.1f GB/s\n", kern_backend_name(be),
+	       q8 ? "q8_0 weights" : bf16 ? "bf16 activations" : "f32 activations", peak, read);
+	printf("%-8s %6s %10s %8s %8s %8s\n", "matmul", "tokens", "GFLOP/s", "of peak", "w GB/s",
+	       "of read");
 
 	for (const char *t = tokens; t && *t; t = strchr(t, ',') ? strchr(t, ',') + 1 : NULL) {
 		int32_t n = atoi(t);
@@ -89,7 +103,9 @@ int main(int argc, char **argv)
 			const struct shape *sh = &shapes[s];
 			const int32_t *part = sh->rows;
 			int32_t rows = part[0] + part[1] + part[2];
-			size_t bytes = (size_t)rows * (size_t)sh->cols * 2;
+			const struct kern_mat whole = {
+				.dtype = q8 ? KERN_Q8_0 : KERN_BF16, .rows = rows, .cols = sh->cols};
+			size_t bytes = kern_mat_bytes(&whole);
 			int copies = hot ? 1 : (int)CM_MIN((256u << 20) / bytes + 1, (size_t)COPIES_MAX);
 			struct kern_mat m[COPIES_MAX][3];
 			const struct kern_mat *mp[COPIES_MAX][3];
@@ -104,6 +120,17 @@ int main(int argc, char **argv)
 						w[k] = (uint16_t)(0x3c00 +
 								  (k * 2654435761u >> 24) % 512);
 					m[c][i].data = w;
+					if (q8) {
+						struct kern_mat d = m[c][i];
+						d.dtype = KERN_Q8_0;
+						d.data = alloc(be, kern_mat_bytes(&d));
+						if (kern_convert(be, &m[c][i], &d, &err)) {
+							fprintf(stderr, "bench_matmul: %s\n", err.msg);
+							return 1;
+						}
+						kern_free(be, w);
+						m[c][i] = d;
+					}
 					mp[c][i] = &m[c][i];
 				}
 			for (int i = 0; i < sh->n_w; i++)
@@ -121,8 +148,9 @@ int main(int argc, char **argv)
 			}
 			double per = (double)(t1 - t0) * 1e-6 / iters;
 			double flops = 2.0 * rows * sh->cols * n;
-			printf("%-8s %6d %10.1f %8.3f %8.1f\n", sh->name, n, flops / per * 1e-9,
-			       flops / per * 1e-9 / peak, 2.0 * rows * sh->cols / per * 1e-9);
+			double gbps = (double)bytes / per * 1e-9;
+			printf("%-8s %6d %10.1f %8.3f %8.1f %8.3f\n", sh->name, n, flops / per * 1e-9,
+			       flops / per * 1e-9 / peak, gbps, gbps / read);
 			for (int c = 0; c < copies; c++)
 				for (int i = 0; i < sh->n_w; i++)
 					kern_free(be, (void *)m[c][i].data);

@@ -36,7 +36,7 @@ struct kern_mm {
  * whether its partitions run on one thread (prefill) or spread over all (decode). */
 #define KERN_CPU_ATTN_PART 256
 /* Most floats of state an attention call holds: queries x heads x (head_dim + 2). */
-#define KERN_CPU_ATTN_BUF 4608
+#define KERN_CPU_ATTN_BUF 9216
 /* Most (query, head) pairs per attention call. */
 #define KERN_CPU_ATTN_MAXH 256
 
@@ -88,7 +88,13 @@ extern const struct kern_cpu_ops kern__cpu_ops_avx512;
 size_t kern__avx512bf16_mm_pack_stride(const struct kern_mm *m);
 void kern__avx512bf16_mm_pack(const struct kern_mm *m, int32_t t0, int32_t t1);
 void kern__avx512bf16_mm_rows(const struct kern_mm *m, int32_t r0, int32_t r1);
+/* attn_part with bf16 dot products, for backends with bf16 activations and
+ * head_dim <= KERN_CPU_ATTN_BF16_HD (a ~1e-5 normalised error against f32). */
+void kern__avx512bf16_attn_part(const struct kern_attn_params *p, const float *q,
+				const int32_t *qi, int32_t nq, int32_t h0, int32_t h1, int32_t s,
+				int32_t t0, const int32_t *t1, const struct kern_attn_state *st);
 #endif
+#define KERN_CPU_ATTN_BF16_HD 256
 
 #if KERN_HAVE_AVX512BF16
 /* iters rounds of independent vdpbf16ps; returns the multiply-adds done. */

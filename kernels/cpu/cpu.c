@@ -25,7 +25,7 @@
 #define CPU_STEAL_MAX	    64		/* most threads of a work-stealing split */
 #define CPU_STEAL_PIECES    8		/* pieces a thread walks its own share in */
 #define CPU_ATTN_BATCH	    1		/* attention items a thread takes at a time */
-#define CPU_ATTN_QB	    16		/* most queries per attention item */
+#define CPU_ATTN_QB	    32		/* most queries per attention item */
 #define CPU_ATTN_HEADS	    2		/* query heads per attention item, many queries */
 #define CPU_ATTN_SPLIT_MAXQ 4		/* at most this many queries: split partitions */
 
@@ -653,8 +653,12 @@ static void cpu_attn_finish(const struct kern_attn_params *p, const struct kern_
 	}
 }
 
+typedef void (*cpu_attn_part_fn)(const struct kern_attn_params *p, const float *q,
+				 const int32_t *qi, int32_t nq, int32_t h0, int32_t h1, int32_t s,
+				 int32_t t0, const int32_t *t1, const struct kern_attn_state *st);
+
 struct cpu_attn_job {
-	const struct kern_cpu_ops *ops;
+	cpu_attn_part_fn part;
 	const struct kern_attn_params *p;
 	const float *q;
 	float *out;
@@ -717,7 +721,7 @@ static void cpu_attn_queries(const struct cpu_attn_job *j, int32_t r0, int32_t n
 				st[m] = done[u] ? b[u] : a[u];
 				who[m++] = u;
 			}
-			j->ops->attn_part(p, j->q, qi, m, h0, h0 + nh, s, t0, t1, st);
+			j->part(p, j->q, qi, m, h0, h0 + nh, s, t0, t1, st);
 			for (int32_t x = 0; x < m; x++) {
 				int32_t u = who[x];
 				if (done[u]++)
@@ -763,7 +767,7 @@ static void cpu_attn_part_item(struct cpu_attn_job *j, int32_t it)
 	int32_t s, t0, t1;
 	cpu_attn_part_at(p, i, k, &s, &t0, &t1);
 	struct kern_attn_state st = cpu_attn_slot(j, i, b, k);
-	j->ops->attn_part(p, j->q, &i, 1, h0, CM_MIN(h0 + j->per, p->n_head), s, t0, &t1, &st);
+	j->part(p, j->q, &i, 1, h0, CM_MIN(h0 + j->per, p->n_head), s, t0, &t1, &st);
 }
 
 /* Split mode, pass 2: one item is (query, head block), merged in order. */
@@ -833,7 +837,11 @@ static void cpu_attention(struct kern_backend *be, const struct kern_attn_params
 	struct kern_cpu *c = cpu_of(be);
 	const int32_t hd = p->kv->head_dim, nth = c->base.n_threads;
 	CM_ASSERT(hd + 2 <= KERN_CPU_ATTN_BUF);
-	struct cpu_attn_job j = {.ops = c->ops, .p = p, .q = q, .out = out, .n = n, .qb = 1};
+	struct cpu_attn_job j = {.part = c->ops->attn_part, .p = p, .q = q, .out = out, .n = n, .qb = 1};
+#if KERN_HAVE_AVX512BF16
+	if (c->bf16_act && hd <= KERN_CPU_ATTN_BF16_HD)
+		j.part = kern__avx512bf16_attn_part;
+#endif
 	if (nth > 1 && n <= CPU_ATTN_SPLIT_MAXQ) {
 		j.per = cpu_attn_heads(p, CPU_ATTN_HEADS);
 		j.n_blk = (p->n_head + j.per - 1) / j.per;

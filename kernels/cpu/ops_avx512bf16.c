@@ -242,3 +242,324 @@ double kern__avx512bf16_bench(int64_t iters)
 	(void)sink;
 	return (double)iters * 16 * 32;
 }
+
+/* ---- attention with bf16 dot products -------------------------------------
+ * For a backend with bf16 activations: q, K and V rounded to bf16 (nearest even),
+ * multiplied by vdpbf16ps; scores, softmax and sums stay f32. Every call takes the
+ * same form (a decode query alone, a prefill batch), so a query gets the same bits
+ * either way. A chunk of up to VL keys of one KV head is converted once into
+ *   kt[s][l]: lane j = the pair of dims (32 s + 2 l, 32 s + 2 l + 1) of key j;
+ *   vt[b][i]: dword d = dim 16 b + d of keys 2 i and 2 i + 1;
+ * zero past head_dim and past the chunk's last key. A (query, head)'s score lanes
+ * p[l] take pair l of each 32-dim step, in order, and are added by the halving
+ * tree (l + 8, + 4, + 2, + 1), four l at a time (those equal modulo 4) for
+ * BA_NP heads at once, each load of kt serving all of them; its values take the
+ * chunk's key pairs in order, each load of vt serving all of them. A head's key
+ * pair that straddles its last visible key has the other key's values masked, as
+ * alone (where that key is past the chunk) they are zero. The weights are rounded
+ * to bf16 before they are summed into l, so acc / l is normalised exactly; l
+ * is kept by lanes and added up once, at the end. */
+#define BA_HD 256 /* most head_dim (cpu.c: KERN_CPU_ATTN_BF16_HD) */
+_Static_assert(BA_HD == KERN_CPU_ATTN_BF16_HD, "one limit");
+#define BA_NP 4	  /* (query, head) pairs per pass over a chunk */
+
+/* A head's max is raised only when a score exceeds it by more than this, so that
+ * most chunks skip the horizontal max and the rescaling (weights then reach
+ * e^BA_LAZY at most, far inside f32 and bf16). */
+#define BA_LAZY 8.0f
+
+struct ba_state {
+	float m;
+	__m512 l;	   /* lanes of the sum of the weights, added up at the end */
+	float *acc;
+	const uint32_t *q; /* bf16 pairs, 16 per 32-dim step */
+};
+
+/* Row of f32 or f16: n <= VL elements at d, zeros past them. */
+KS_INLINE __m512 ba_row(const char *row, int32_t d, int n, bool f16)
+{
+	if (n <= 0)
+		return _mm512_setzero_ps();
+	n = n < VL ? n : VL;
+	return f16 ? vf_load_f16_part((const uint16_t *)row + d, n)
+		   : vf_load_part((const float *)row + d, n);
+}
+
+/* 32 elements at d of a row (n valid) as 16 bf16 pairs. */
+KS_INLINE __m512i ba_pairs(const char *row, int32_t d, int n, bool f16)
+{
+	return (__m512i)_mm512_cvtne2ps_pbh(ba_row(row, d + VL, n - VL, f16),
+					    ba_row(row, d, n, f16));
+}
+
+/* kt and vt of the chunk's first cn keys (rows kp, vp). FULL: cn == VL and
+ * head_dim a multiple of 32 (no masks). */
+KS_INLINE void ba_convert_t(const char *const *kp, const char *const *vp, int cn, int32_t hd,
+			    bool f16, __m512i *kt, __m512i *vt, const bool FULL)
+{
+	const int nst = (hd + 31) / 32, nb = (hd + VL - 1) / VL;
+	for (int s = 0; s < nst; s++) {
+		vf r[VL];
+		KS_UNROLL
+		for (int j = 0; j < VL; j++)
+			r[j] = FULL || j < cn ? (vf)ba_pairs(kp[j], 32 * s, FULL ? 32 : hd - 32 * s,
+							    f16)
+					      : vf_zero();
+		vf_transpose(r);
+		KS_UNROLL
+		for (int l = 0; l < VL; l++)
+			kt[s * VL + l] = (__m512i)r[l];
+	}
+	/* words 2 d and 2 d + 1 <- d and 16 + d of the cvtne2ps result */
+	const __m512i mix = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+					     24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
+					     1, 16, 0);
+	for (int b = 0; b < nb; b++) {
+		const int n = FULL ? VL : hd - VL * b;
+		KS_UNROLL
+		for (int i = 0; i < VL / 2; i++) {
+			__m512 a = FULL || 2 * i < cn ? ba_row(vp[2 * i], VL * b, n, f16) : vf_zero();
+			__m512 c = FULL || 2 * i + 1 < cn ? ba_row(vp[2 * i + 1], VL * b, n, f16)
+							  : vf_zero();
+			vt[b * (VL / 2) + i] =
+				_mm512_permutexvar_epi16(mix, (__m512i)_mm512_cvtne2ps_pbh(c, a));
+		}
+	}
+}
+
+static void ba_convert(const char *const *kp, const char *const *vp, int cn, int32_t hd, bool f16,
+		       __m512i *kt, __m512i *vt)
+{
+	if (cn == VL && hd % 32 == 0) {
+		if (f16)
+			ba_convert_t(kp, vp, cn, hd, true, kt, vt, true);
+		else
+			ba_convert_t(kp, vp, cn, hd, false, kt, vt, true);
+	} else {
+		ba_convert_t(kp, vp, cn, hd, f16, kt, vt, false);
+	}
+}
+
+/* sc[u] = the scores of head u (lanes: keys) before scaling. */
+KS_INLINE void ba_dots(struct ba_state *const *st, const __m512i *kt, int nst, __m512 *sc)
+{
+	__m512 t[4][BA_NP];
+	KS_UNROLL
+	for (int a = 0; a < 4; a++) {
+		__m512 p[4][BA_NP];
+		KS_UNROLL
+		for (int k = 0; k < 4; k++)
+			KS_UNROLL
+		for (int u = 0; u < BA_NP; u++)
+			p[k][u] = _mm512_setzero_ps();
+		for (int s = 0; s < nst; s++)
+			KS_UNROLL
+		for (int k = 0; k < 4; k++) {
+			const int l = a + 4 * k;
+			__m512bh kv = (__m512bh)kt[s * VL + l];
+			KS_UNROLL
+			for (int u = 0; u < BA_NP; u++)
+				p[k][u] = _mm512_dpbf16_ps(
+					p[k][u], kv,
+					(__m512bh)_mm512_set1_epi32((int)st[u]->q[s * VL + l]));
+		}
+		KS_UNROLL
+		for (int u = 0; u < BA_NP; u++)
+			t[a][u] = _mm512_add_ps(_mm512_add_ps(p[0][u], p[2][u]),
+						_mm512_add_ps(p[1][u], p[3][u]));
+	}
+	KS_UNROLL
+	for (int u = 0; u < BA_NP; u++)
+		sc[u] = _mm512_add_ps(_mm512_add_ps(t[0][u], t[2][u]),
+				      _mm512_add_ps(t[1][u], t[3][u]));
+}
+
+/* The online-softmax update of one head by the scores s of its first cn keys; pb
+ * gets the weights as bf16 pairs. */
+KS_INLINE void ba_softmax(struct ba_state *st, __m512 s, int cn, int32_t hd, float scale,
+			  uint32_t *pb)
+{
+	s = vf_keep_first(_mm512_mul_ps(s, _mm512_set1_ps(scale)), cn, vf_set1(-INFINITY));
+	if (_mm512_cmp_ps_mask(s, vf_set1(st->m + BA_LAZY), _CMP_GT_OQ)) {
+		const float cmax = vf_hmax(s);
+		const __m512 alpha = vf_exp(vf_set1(st->m - cmax));
+		for (int32_t d = 0; d < hd; d += VL) {
+			const int n = hd - d < VL ? hd - d : VL;
+			vf_store_part(st->acc + d, _mm512_mul_ps(vf_load_part(st->acc + d, n), alpha),
+				      n);
+		}
+		st->l = _mm512_mul_ps(st->l, alpha);
+		st->m = cmax;
+	}
+	const __m256i w = (__m256i)_mm512_cvtneps_pbh(vf_exp(vf_sub(s, vf_set1(st->m))));
+	st->l = _mm512_add_ps(st->l, _mm512_castsi512_ps(
+					     _mm512_slli_epi32(_mm512_cvtepu16_epi32(w), 16)));
+	_mm256_storeu_si256((__m256i *)pb, w);
+}
+
+/* acc of heads u < np += their weights pb[u] x the chunk's values, D 16-dim
+ * blocks at a time from block b: first the key pairs every head sees whole
+ * (ALL: every head has cn[u] = cn[0]), then the straddling pairs. */
+KS_INLINE void ba_pv(struct ba_state *const *st, uint32_t (*pb)[VL / 2], const int *cn, int np,
+		     const __m512i *vt, int32_t hd, int b, const int D, const bool ALL)
+{
+	int n[2], cmax = 0;
+	__m512 a[BA_NP][2];
+	KS_UNROLL
+	for (int e = 0; e < D; e++)
+		n[e] = hd - VL * (b + e) < VL ? hd - VL * (b + e) : VL;
+	KS_UNROLL
+	for (int u = 0; u < BA_NP; u++)
+		KS_UNROLL
+	for (int e = 0; e < D; e++) {
+		a[u][e] = _mm512_setzero_ps();
+		if (u < np) {
+			cmax = cn[u] > cmax ? cn[u] : cmax;
+			a[u][e] = vf_load_part(st[u]->acc + VL * (b + e), n[e]);
+		}
+	}
+	for (int i = 0; 2 * i + 1 < cmax; i++) {
+		__m512i v[2];
+		KS_UNROLL
+		for (int e = 0; e < D; e++)
+			v[e] = vt[(b + e) * (VL / 2) + i];
+		KS_UNROLL
+		for (int u = 0; u < BA_NP; u++) {
+			if (!(ALL ? u < np : u < np && 2 * i + 1 < cn[u]))
+				continue;
+			const __m512bh w = (__m512bh)_mm512_set1_epi32((int)pb[u][i]);
+			KS_UNROLL
+			for (int e = 0; e < D; e++)
+				a[u][e] = _mm512_dpbf16_ps(a[u][e], (__m512bh)v[e], w);
+		}
+	}
+	const __m512i lo = _mm512_set1_epi32(0xffff);
+	KS_UNROLL
+	for (int u = 0; u < BA_NP; u++) {
+		if (u >= np || !(cn[u] & 1))
+			continue;
+		const int i = cn[u] / 2;
+		const __m512bh w = (__m512bh)_mm512_set1_epi32((int)pb[u][i]);
+		KS_UNROLL
+		for (int e = 0; e < D; e++)
+			a[u][e] = _mm512_dpbf16_ps(
+				a[u][e], (__m512bh)_mm512_and_si512(vt[(b + e) * (VL / 2) + i], lo), w);
+	}
+	KS_UNROLL
+	for (int u = 0; u < BA_NP; u++)
+		KS_UNROLL
+	for (int e = 0; e < D; e++)
+		if (u < np)
+			vf_store_part(st[u]->acc + VL * (b + e), a[u][e], n[e]);
+}
+
+/* One chunk (converted into kt, vt) for np <= BA_NP heads seeing cn[u] of its keys. */
+static void ba_chunk(struct ba_state *const *sg, const int *cn, int np, const __m512i *kt,
+		     const __m512i *vt, int32_t hd, float scale)
+{
+	struct ba_state *st[BA_NP];
+	__m512 sc[BA_NP];
+	uint32_t pb[BA_NP][VL / 2];
+	for (int u = 0; u < BA_NP; u++)
+		st[u] = sg[u < np ? u : 0]; /* a stand-in for missing heads, result dropped */
+	ba_dots(st, kt, (hd + 31) / 32, sc);
+	for (int u = 0; u < np; u++)
+		ba_softmax(st[u], sc[u], cn[u], hd, scale, pb[u]);
+	bool all = np == BA_NP;
+	for (int u = 1; u < np; u++)
+		all = all && cn[u] == cn[0];
+	const int nb = (hd + VL - 1) / VL;
+	int b = 0;
+	for (; b + 2 <= nb; b += 2) {
+		if (all)
+			ba_pv(st, pb, cn, np, vt, hd, b, 2, true);
+		else
+			ba_pv(st, pb, cn, np, vt, hd, b, 2, false);
+	}
+	if (b < nb)
+		ba_pv(st, pb, cn, np, vt, hd, b, 1, false);
+}
+
+void kern__avx512bf16_attn_part(const struct kern_attn_params *p, const float *q,
+				const int32_t *qi, int32_t nq, int32_t h0, int32_t h1, int32_t s,
+				int32_t t0, const int32_t *t1, const struct kern_attn_state *out)
+{
+	const struct kern_kv_layer *kv = p->kv;
+	const int32_t hd = kv->head_dim, nh = h1 - h0, g = p->n_head / kv->n_kv_head;
+	const int nst = (hd + 31) / 32;
+	const bool f16 = kv->dtype == KERN_F16;
+	const struct kern_kv_seg *seg =
+		&p->segs[(size_t)p->queries[qi[0]].seq * (size_t)p->n_seg + (size_t)s];
+	struct ba_state st[KERN_CPU_ATTN_MAXH];
+	uint32_t qb[KERN_CPU_ATTN_BUF] __attribute__((aligned(64)));
+	__m512i kt[BA_HD / 32 * VL], vt[BA_HD / VL * (VL / 2)];
+	CM_ASSERT(hd <= BA_HD && nq * nh <= KERN_CPU_ATTN_MAXH);
+	CM_ASSERT((size_t)nq * (size_t)nh * (size_t)nst * VL <= KERN_CPU_ATTN_BUF);
+	int32_t tend = t0;
+	for (int32_t u = 0; u < nq; u++) /* the queries are likely in L3 only */
+		for (int32_t h = 0; h < nh; h++)
+			for (int32_t d = 0; d < hd; d += VL)
+				_mm_prefetch((const char *)(q + ((size_t)qi[u] * (size_t)p->n_head +
+								 (size_t)(h0 + h)) *
+									(size_t)hd +
+							    d),
+					     _MM_HINT_T0);
+	for (int32_t u = 0; u < nq; u++) {
+		tend = t1[u] > tend ? t1[u] : tend;
+		memset(out[u].acc, 0, (size_t)nh * (size_t)hd * sizeof(float));
+		for (int32_t h = 0; h < nh; h++) {
+			const float *qh = q + ((size_t)qi[u] * (size_t)p->n_head + (size_t)(h0 + h)) *
+						      (size_t)hd;
+			uint32_t *qp = qb + (size_t)(u * nh + h) * (size_t)nst * VL;
+			for (int k = 0; k < nst; k++)
+				_mm512_storeu_si512(
+					qp + k * VL,
+					hd % 32 ? ba_pairs((const char *)qh, 32 * k, hd - 32 * k, false)
+						: (__m512i)_mm512_cvtne2ps_pbh(
+							  _mm512_loadu_ps(qh + 32 * k + VL),
+							  _mm512_loadu_ps(qh + 32 * k)));
+			st[u * nh + h] = (struct ba_state){.m = -INFINITY,
+							   .l = _mm512_setzero_ps(),
+							   .acc = out[u].acc + (size_t)h * hd,
+							   .q = qp};
+		}
+	}
+	for (int32_t c0 = t0; c0 < tend; c0 += VL) {
+		const int cmax = tend - c0 < VL ? tend - c0 : VL;
+		size_t slot[VL];
+		for (int j = 0; j < cmax; j++)
+			slot[j] = kern__kv_slot(seg, kv->block_size, c0 + j);
+		for (int32_t ha = 0, hb; ha < nh; ha = hb) {
+			const int32_t kvh = (h0 + ha) / g;
+			for (hb = ha + 1; hb < nh && (h0 + hb) / g == kvh; hb++)
+				;
+			const char *kh[VL], *vh[VL];
+			for (int j = 0; j < cmax; j++) {
+				const size_t off = kern__kv_off(kv, slot[j], kvh);
+				kh[j] = (const char *)kv->k + off;
+				vh[j] = (const char *)kv->v + off;
+			}
+			ba_convert(kh, vh, cmax, hd, f16, kt, vt);
+			struct ba_state *sg[BA_NP];
+			int cg[BA_NP], ng = 0;
+			for (int32_t h = ha; h < hb; h++)
+				for (int32_t u = 0; u < nq; u++) {
+					if (t1[u] <= c0)
+						continue;
+					cg[ng] = t1[u] - c0 < VL ? t1[u] - c0 : VL;
+					sg[ng++] = &st[u * nh + h];
+					if (ng == BA_NP) {
+						ba_chunk(sg, cg, ng, kt, vt, hd, p->scale);
+						ng = 0;
+					}
+				}
+			if (ng)
+				ba_chunk(sg, cg, ng, kt, vt, hd, p->scale);
+		}
+	}
+	for (int32_t u = 0; u < nq; u++)
+		for (int32_t h = 0; h < nh; h++) {
+			out[u].m[h] = st[u * nh + h].m;
+			out[u].l[h] = vf_hsum(st[u * nh + h].l);
+		}
+}

@@ -19,6 +19,9 @@
 _Static_assert(BF_RMAX * BF_T <= KS_TILE_MAX, "a micro-tile's accumulators fit ks_tile_store");
 #define BF_STEP 32 /* k per vdpbf16ps */
 #define BF_RB	64 /* rows per cache block */
+#define BF_KB	1024 /* columns per block of a long row (bf_rows_kblocked) */
+#define BF_KR	32 /* rows per column block */
+#define BF_KMIN 2048 /* rows longer than this go in column blocks (o, 2048, is faster whole) */
 
 size_t kern__avx512bf16_mm_pack_stride(const struct kern_mm *m)
 {
@@ -78,9 +81,12 @@ KS_INLINE void bf_step(__m512 (*acc)[BF_T], const char *w, size_t wstride, const
 	}
 }
 
-/* Full steps, then one masked step for the last cols % 32 weights. */
-KS_INLINE void bf_tile(const struct kern_mm *m, int32_t r, int32_t t, const int R, const int T,
-		       const int PF)
+/* Steps [k0, k1) of a tile (k1 = cols: the last, masked for the cols % 32 left),
+ * from the accumulators in sv (or zeros when k0 = 0); back into sv unless the row
+ * ends here, else reduced and stored. The lanes see the same steps in the same
+ * order however the row is cut, so the bits do not depend on it. */
+KS_INLINE void bf_tile_k(const struct kern_mm *m, int32_t r, int32_t t, int32_t k0, int32_t k1,
+			 __m512 *sv, const int R, const int T, const int PF)
 {
 	const size_t wstride = (size_t)m->cols * 2;
 	const char *w = (const char *)m->w + (size_t)r * wstride;
@@ -93,14 +99,27 @@ KS_INLINE void bf_tile(const struct kern_mm *m, int32_t r, int32_t t, const int 
 	for (int i = 0; i < R; i++)
 		KS_UNROLL
 	for (int j = 0; j < T; j++)
-		acc[i][j] = _mm512_setzero_ps();
-	const int32_t kfull = m->cols - rem;
-	for (int32_t k = 0; k < kfull; k += BF_STEP)
+		acc[i][j] = k0 ? sv[i * T + j] : _mm512_setzero_ps();
+	const int32_t kfull = k1 < m->cols ? k1 : m->cols - rem;
+	for (int32_t k = k0; k < kfull; k += BF_STEP)
 		bf_step(acc, w, wstride, x, xs, k, (__mmask32)~0u, R, T, PF);
+	if (k1 < m->cols) {
+		KS_UNROLL
+		for (int i = 0; i < R; i++)
+			KS_UNROLL
+		for (int j = 0; j < T; j++)
+			sv[i * T + j] = acc[i][j];
+		return;
+	}
 	if (rem)
 		bf_step(acc, w, wstride, x, xs, kfull, last, R, T, PF);
-
 	ks_tile_store(m->y, m->rows, r, t, R, T, &acc[0][0], BF_T);
+}
+
+KS_INLINE void bf_tile(const struct kern_mm *m, int32_t r, int32_t t, const int R, const int T,
+		       const int PF)
+{
+	bf_tile_k(m, r, t, 0, m->cols, NULL, R, T, PF);
 }
 
 /* Rows per tile of T tokens within a call of more than BF_T tokens: 8 for two
@@ -130,6 +149,14 @@ BF_TILE(3)
 BF_TILE(4)
 BF_TILE(5)
 BF_TILE(6)
+
+/* The GEMM's full tile over cols [k0, k1), for rows too long for a tile's
+ * activations to stay in L1 (bf_rows_kblocked). */
+static __attribute__((noinline)) void bf_mk(const struct kern_mm *m, int32_t r, int32_t t, int32_t k0,
+					    int32_t k1, __m512 *sv)
+{
+	bf_tile_k(m, r, t, k0, k1, sv, BF_ROWS(BF_TG), BF_TG, 0);
+}
 
 #define BF_TILE_SMALL(T)                                                                           \
 	static __attribute__((noinline)) void bf_n##T(const struct kern_mm *m, int32_t r,          \
@@ -193,6 +220,29 @@ static __attribute__((noinline)) void bf_gemv(const struct kern_mm *m, int32_t r
 	}
 }
 
+/* Full tiles of rows [rb, re) and tokens [t, t + BF_TG) of a matrix with more
+ * than BF_KMIN columns: in column blocks of BF_KB, each block over BF_KR rows of
+ * tiles before the next, the accumulators parked in between, so that the tokens'
+ * block of activations stays in L1 (a whole row of them would not: 6 tokens x
+ * 3072 columns are 36 KiB beside the weights' 24 KiB). Returns the first row
+ * left. */
+static int32_t bf_rows_kblocked(const struct kern_mm *m, int32_t rb, int32_t re, int32_t t)
+{
+	enum { RN = BF_ROWS(BF_TG), NT = BF_KR / RN };
+	__m512 sv[NT][RN * BF_TG];
+	int32_t r = rb;
+	while (r + RN <= re) {
+		const int nt = (re - r) / RN < NT ? (re - r) / RN : NT;
+		for (int32_t k0 = 0; k0 < m->cols; k0 += BF_KB) {
+			const int32_t k1 = m->cols - k0 > BF_KB ? k0 + BF_KB : m->cols;
+			for (int i = 0; i < nt; i++)
+				bf_mk(m, r + i * RN, t, k0, k1, sv[i]);
+		}
+		r += nt * RN;
+	}
+	return r;
+}
+
 void kern__avx512bf16_mm_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 {
 	if (m->n == 1) {
@@ -214,6 +264,8 @@ void kern__avx512bf16_mm_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 			const int tn = m->n - t < BF_TG ? m->n - t : BF_TG;
 			const int rn = BF_ROWS(tn);
 			int32_t r = rb;
+			if (tn == BF_TG && m->cols > BF_KMIN)
+				r = bf_rows_kblocked(m, rb, re, t);
 			for (; r + rn <= re; r += rn)
 				bf_tiles[1][tn - 1](m, r, t);
 			for (; r < re; r++)

@@ -438,7 +438,8 @@ KS_INLINE void vf_hsum_pairs(vf *s, int n, float *out)
 #define KS_TILE_MAX 64 /* most accumulators of a matmul micro-tile */
 
 /* The end of every matmul micro-tile: reduces the R x T accumulators acc[i * ld + j]
- * (each in the vf_hsum order) and stores them at y[(t + j) * rows + r + i]. */
+ * (each in the vf_hsum order) and stores them at y[(t + j) * rows + r + i]. The
+ * tree takes them token by token, so each token's R outputs leave as one store. */
 KS_INLINE void ks_tile_store(float *y, int32_t rows, int32_t r, int32_t t, const int R,
 			     const int T, const vf *acc, const int ld)
 {
@@ -446,20 +447,19 @@ KS_INLINE void ks_tile_store(float *y, int32_t rows, int32_t r, int32_t t, const
 	vf v[KS_TILE_MAX + 1], s[(KS_TILE_MAX + 1) / 2];
 	float out[KS_TILE_MAX + VL];
 	KS_UNROLL
-	for (int i = 0; i < R; i++)
-		KS_UNROLL
 	for (int j = 0; j < T; j++)
-		v[i * T + j] = acc[i * ld + j];
+		KS_UNROLL
+	for (int i = 0; i < R; i++)
+		v[j * R + i] = acc[i * ld + j];
 	v[cnt] = vf_zero();
 	KS_UNROLL
 	for (int c = 0; c < cnt; c += 2)
 		s[c / 2] = ks_pair(1, v[c], v[c + 1]);
 	vf_hsum_pairs(s, (cnt + 1) / 2, out);
 	KS_UNROLL
-	for (int i = 0; i < R; i++)
-		KS_UNROLL
 	for (int j = 0; j < T; j++)
-		y[(size_t)(t + j) * (size_t)rows + (size_t)(r + i)] = out[i * T + j];
+		memcpy(y + (size_t)(t + j) * (size_t)rows + (size_t)r, out + j * R,
+		       (size_t)R * sizeof(float));
 }
 
 /* Lane j of the result = vf_hsum(a[j]), for j < VL. */

@@ -9,7 +9,8 @@
  * bandwidth is measured first, and each weight read rate is also printed as a
  * fraction of it.
  *
- *     bench_matmul [--threads N] [--tokens N[,N...]] [--f32act] [--q8] [--hot] [--seconds S]
+ *     bench_matmul [--threads N] [--tokens N[,N...]] [--shape NAME] [--f32act] [--q8] [--hot]
+ *                  [--seconds S]
  */
 #include "kernels/kern.h"
 
@@ -45,8 +46,8 @@ static void *alloc(struct kern_backend *be, size_t bytes)
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: bench_matmul [--threads N] [--tokens N[,N...]] [--f32act] [--q8] "
-			"[--hot] [--seconds S]\n");
+	fprintf(stderr, "usage: bench_matmul [--threads N] [--tokens N[,N...]] [--shape NAME] "
+			"[--f32act] [--q8] [--hot] [--seconds S]\n");
 	return 2;
 }
 
@@ -58,6 +59,7 @@ int main(int argc, char **argv)
 	const char *tokens = "1,8,64,512";
 	double seconds = 0.5;
 	bool hot = false, q8 = false;
+	const char *only = NULL;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--threads") && i + 1 < argc)
 			kp.n_threads = atoi(argv[++i]);
@@ -67,6 +69,8 @@ int main(int argc, char **argv)
 			seconds = atof(argv[++i]);
 		else if (!strcmp(argv[i], "--hot"))
 			hot = true;
+		else if (!strcmp(argv[i], "--shape") && i + 1 < argc)
+			only = argv[++i];
 		else if (!strcmp(argv[i], "--q8"))
 			q8 = true;
 		else if (!strcmp(argv[i], "--f32act"))
@@ -101,6 +105,8 @@ int main(int argc, char **argv)
 			return usage();
 		for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
 			const struct shape *sh = &shapes[s];
+			if (only && strcmp(only, sh->name))
+				continue;
 			const int32_t *part = sh->rows;
 			int32_t rows = part[0] + part[1] + part[2];
 			const struct kern_mat whole = {

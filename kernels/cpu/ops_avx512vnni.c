@@ -21,6 +21,11 @@ _Static_assert(Q8_RMAX * Q8_T <= KS_TILE_MAX, "a micro-tile's accumulators fit k
 #define Q8_SMALL_PF 4 /* tiles of 3+ tokens of a small call prefetch this many tiles ahead
 		       * (as BF_SMALL_PF in ops_avx512bf16.c) */
 #define Q8_SLICE (KERN_Q8_BLOCK / 4)
+/* A one-row GEMV tile prefetches the weights this many bytes ahead into L2: the
+ * hardware prefetcher alone streams q8_0 rows of 1024 columns (1088 bytes) at
+ * 0.67-0.74 of the read bandwidth on Zen 5, and at 0.87-0.99 with it (bf16 rows,
+ * twice as long, gain nothing from it; docs/performance.md). */
+#define Q8_GEMV_AHEAD 4096
 
 /* Where things are for one matmul. */
 struct q8_geo {
@@ -75,7 +80,9 @@ KS_INLINE void q8_group(__m512 (*facc)[Q8_T], const uint8_t *w, const uint8_t *x
 		KS_UNROLL
 		for (int i = 0; i < R; i++) {
 			const uint8_t *p = w + i * q->ws + q->wq + o;
-			if (T == 2 && FULL)
+			if (T == 1 && R == 1)
+				_mm_prefetch((const char *)p + Q8_GEMV_AHEAD, _MM_HINT_T2);
+			else if (T == 2 && FULL)
 				_mm_prefetch((const char *)p + R * q->ws, _MM_HINT_T2);
 			else if (PF && FULL)
 				_mm_prefetch((const char *)p + PF * R * q->ws, _MM_HINT_T2);

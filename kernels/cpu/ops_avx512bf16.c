@@ -344,13 +344,17 @@ KS_INLINE __m512i ba_pairs(const char *row, int32_t d, int n, bool f16)
 					    ba_row(row, d, n, f16));
 }
 
-/* kt and vt of the chunk's first cn keys (rows kp, vp). FULL: cn == VL and
- * head_dim a multiple of 32 (no masks). */
+/* kt (or, ROWS, the keys' rows kr[j][s] = their pairs of step s) and vt of the
+ * chunk's first cn keys (rows kp, vp). FULL: cn == VL and head_dim a multiple of
+ * 32 (no masks). */
 KS_INLINE void ba_convert_t(const char *const *kp, const char *const *vp, int cn, int32_t hd,
-			    bool f16, __m512i *kt, __m512i *vt, const bool FULL)
+			    bool f16, __m512i *kt, __m512i *vt, const bool FULL, const bool ROWS)
 {
 	const int nst = (hd + 31) / 32, nb = (hd + VL - 1) / VL;
-	for (int s = 0; s < nst; s++) {
+	for (int j = 0; ROWS && j < cn; j++)
+		for (int s = 0; s < nst; s++)
+			kt[j * nst + s] = ba_pairs(kp[j], 32 * s, FULL ? 32 : hd - 32 * s, f16);
+	for (int s = 0; !ROWS && s < nst; s++) {
 		vf r[VL];
 		KS_UNROLL
 		for (int j = 0; j < VL; j++)
@@ -380,15 +384,42 @@ KS_INLINE void ba_convert_t(const char *const *kp, const char *const *vp, int cn
 }
 
 static void ba_convert(const char *const *kp, const char *const *vp, int cn, int32_t hd, bool f16,
-		       __m512i *kt, __m512i *vt)
+		       bool rows, __m512i *kt, __m512i *vt)
 {
 	if (cn == VL && hd % 32 == 0) {
-		if (f16)
-			ba_convert_t(kp, vp, cn, hd, true, kt, vt, true);
+		if (rows)
+			ba_convert_t(kp, vp, cn, hd, f16, kt, vt, true, true);
+		else if (f16)
+			ba_convert_t(kp, vp, cn, hd, true, kt, vt, true, false);
 		else
-			ba_convert_t(kp, vp, cn, hd, false, kt, vt, true);
+			ba_convert_t(kp, vp, cn, hd, false, kt, vt, true, false);
+	} else if (rows) {
+		ba_convert_t(kp, vp, cn, hd, f16, kt, vt, false, true);
 	} else {
-		ba_convert_t(kp, vp, cn, hd, f16, kt, vt, false);
+		ba_convert_t(kp, vp, cn, hd, f16, kt, vt, false, false);
+	}
+}
+
+/* The same scores from the keys' rows kr (cn of them): key j's lanes l run the
+ * same vdpbf16ps as lane j of p[l] in ba_dots, and vf_hsum_vl adds them by the
+ * same halving tree, so the bits are those of ba_dots; without the transpose,
+ * for chunks that few heads share (decode). */
+KS_INLINE void ba_dots_rows(struct ba_state *const *st, int np, const __m512i *kr, int cn, int nst,
+			    __m512 *sc)
+{
+	for (int u = 0; u < np; u++) {
+		__m512 r[VL];
+		KS_UNROLL
+		for (int j = 0; j < VL; j++) {
+			r[j] = _mm512_setzero_ps();
+			if (j >= cn)
+				continue;
+			for (int s = 0; s < nst; s++)
+				r[j] = _mm512_dpbf16_ps(
+					r[j], (__m512bh)kr[j * nst + s],
+					(__m512bh)_mm512_loadu_si512(st[u]->q + s * VL));
+		}
+		sc[u] = vf_hsum_vl(r);
 	}
 }
 
@@ -505,16 +536,20 @@ KS_INLINE void ba_pv(struct ba_state *const *st, uint32_t (*pb)[VL / 2], const i
 			vf_store_part(st[u]->acc + VL * (b + e), a[u][e], n[e]);
 }
 
-/* One chunk (converted into kt, vt) for np <= BA_NP heads seeing cn[u] of its keys. */
-static void ba_chunk(struct ba_state *const *sg, const int *cn, int np, const __m512i *kt,
-		     const __m512i *vt, int32_t hd, float scale)
+/* One chunk (converted into kt or, rows, into the keys' rows, and vt) for
+ * np <= BA_NP heads seeing cn[u] of its keys (cmax at most). */
+static void ba_chunk(struct ba_state *const *sg, const int *cn, int np, int cmax, bool rows,
+		     const __m512i *kt, const __m512i *vt, int32_t hd, float scale)
 {
 	struct ba_state *st[BA_NP];
 	__m512 sc[BA_NP];
 	uint32_t pb[BA_NP][VL / 2];
 	for (int u = 0; u < BA_NP; u++)
 		st[u] = sg[u < np ? u : 0]; /* a stand-in for missing heads, result dropped */
-	ba_dots(st, kt, (hd + 31) / 32, sc);
+	if (rows)
+		ba_dots_rows(st, np, kt, cmax, (hd + 31) / 32, sc);
+	else
+		ba_dots(st, kt, (hd + 31) / 32, sc);
 	for (int u = 0; u < np; u++)
 		ba_softmax(st[u], sc[u], cn[u], hd, scale, pb[u]);
 	bool all = np == BA_NP;
@@ -591,7 +626,9 @@ void kern__avx512bf16_attn_part(const struct kern_attn_params *p, const float *q
 				kh[j] = (const char *)kv->k + off;
 				vh[j] = (const char *)kv->v + off;
 			}
-			ba_convert(kh, vh, cmax, hd, f16, kt, vt);
+			/* few heads on this chunk (decode): no transpose */
+			const bool rows = nq * (hb - ha) < BA_NP;
+			ba_convert(kh, vh, cmax, hd, f16, rows, kt, vt);
 			struct ba_state *sg[BA_NP];
 			int cg[BA_NP], ng = 0;
 			for (int32_t h = ha; h < hb; h++)
@@ -601,12 +638,12 @@ void kern__avx512bf16_attn_part(const struct kern_attn_params *p, const float *q
 					cg[ng] = t1[u] - c0 < VL ? t1[u] - c0 : VL;
 					sg[ng++] = &st[u * nh + h];
 					if (ng == BA_NP) {
-						ba_chunk(sg, cg, ng, kt, vt, hd, p->scale);
+						ba_chunk(sg, cg, ng, cmax, rows, kt, vt, hd, p->scale);
 						ng = 0;
 					}
 				}
 			if (ng)
-				ba_chunk(sg, cg, ng, kt, vt, hd, p->scale);
+				ba_chunk(sg, cg, ng, cmax, rows, kt, vt, hd, p->scale);
 		}
 	}
 	for (int32_t u = 0; u < nq; u++)

@@ -648,8 +648,9 @@ static void cpu_attn_finish(const struct kern_attn_params *p, const struct kern_
 			memset(oh, 0, (size_t)hd * sizeof(float));
 			continue;
 		}
+		const float r = 1.0f / l; /* one division: head_dim of them were 2 % of prefill */
 		for (int32_t j = 0; j < hd; j++) /* a loop the compiler vectorises */
-			oh[j] = a[j] / l;
+			oh[j] = a[j] * r;
 	}
 }
 

@@ -95,8 +95,9 @@ const struct cm_opt tandem_opt_table[] = {
 	{ "activations", CM_OPT_ENUM, CMD_GENERATE | CMD_BENCH, OFF(activations), "auto", 0, 0,
 	  "auto|f32|bf16", "TANDEM_ACTIVATIONS", "A",
 	  "Precision of matmul inputs on bf16 weights: bf16 uses the CPU's bf16 dot product "
-	  "(about 2x faster prefill, ~1e-2 logit error; AVX512_BF16 only); auto is f32 for "
-	  "generate (reference numerics) and bf16 where the CPU has it for bench." },
+	  "for the matmuls and attention (about 2x faster prefill, ~1e-2 logit error; "
+	  "AVX512_BF16 only); auto is f32 for generate (reference numerics) and bf16 where "
+	  "the CPU has it for bench." },
 	{ "prompt-tokens", CM_OPT_INT, CMD_BENCH, OFF(prompt_tokens), "512", 1, 32768, NULL, NULL,
 	  "N", "Prompt length of the prefill measurement." },
 	{ "gen-tokens", CM_OPT_INT, CMD_BENCH, OFF(gen_tokens), "128", 1, 32768, NULL, NULL, "N",

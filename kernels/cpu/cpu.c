@@ -838,7 +838,8 @@ static void cpu_attention(struct kern_backend *be, const struct kern_attn_params
 	struct kern_cpu *c = cpu_of(be);
 	const int32_t hd = p->kv->head_dim, nth = c->base.n_threads;
 	CM_ASSERT(hd + 2 <= KERN_CPU_ATTN_BUF);
-	struct cpu_attn_job j = {.part = c->ops->attn_part, .p = p, .q = q, .out = out, .n = n, .qb = 1};
+	struct cpu_attn_job j = {
+		.part = c->ops->attn_part, .p = p, .q = q, .out = out, .n = n, .qb = 1};
 #if KERN_HAVE_AVX512BF16
 	if (c->bf16_act && hd <= KERN_CPU_ATTN_BF16_HD)
 		j.part = kern__avx512bf16_attn_part;

@@ -81,12 +81,13 @@ KS_INLINE void bf_step(__m512 (*acc)[BF_T], const char *w, size_t wstride, const
 	}
 }
 
-/* Steps [k0, k1) of a tile (k1 = cols: the last, masked for the cols % 32 left),
- * from the accumulators in sv (or zeros when k0 = 0); back into sv unless the row
- * ends here, else reduced and stored. The lanes see the same steps in the same
- * order however the row is cut, so the bits do not depend on it. */
+/* Steps [k0, k1) of a tile (k1 = cols: the last, masked for the cols % 32 left);
+ * PART (a row cut in column blocks): from the accumulators in sv unless k0 = 0,
+ * back into sv unless the row ends here; at the row's end reduced and stored. The
+ * lanes see the same steps in the same order however the row is cut, so the bits
+ * do not depend on it. */
 KS_INLINE void bf_tile_k(const struct kern_mm *m, int32_t r, int32_t t, int32_t k0, int32_t k1,
-			 __m512 *sv, const int R, const int T, const int PF)
+			 __m512 *sv, const int R, const int T, const int PF, const bool PART)
 {
 	const size_t wstride = (size_t)m->cols * 2;
 	const char *w = (const char *)m->w + (size_t)r * wstride;
@@ -99,11 +100,11 @@ KS_INLINE void bf_tile_k(const struct kern_mm *m, int32_t r, int32_t t, int32_t 
 	for (int i = 0; i < R; i++)
 		KS_UNROLL
 	for (int j = 0; j < T; j++)
-		acc[i][j] = k0 ? sv[i * T + j] : _mm512_setzero_ps();
+		acc[i][j] = PART && k0 ? sv[i * T + j] : _mm512_setzero_ps();
 	const int32_t kfull = k1 < m->cols ? k1 : m->cols - rem;
 	for (int32_t k = k0; k < kfull; k += BF_STEP)
 		bf_step(acc, w, wstride, x, xs, k, (__mmask32)~0u, R, T, PF);
-	if (k1 < m->cols) {
+	if (PART && k1 < m->cols) {
 		KS_UNROLL
 		for (int i = 0; i < R; i++)
 			KS_UNROLL
@@ -119,7 +120,7 @@ KS_INLINE void bf_tile_k(const struct kern_mm *m, int32_t r, int32_t t, int32_t 
 KS_INLINE void bf_tile(const struct kern_mm *m, int32_t r, int32_t t, const int R, const int T,
 		       const int PF)
 {
-	bf_tile_k(m, r, t, 0, m->cols, NULL, R, T, PF);
+	bf_tile_k(m, r, t, 0, m->cols, NULL, R, T, PF, false);
 }
 
 /* Rows per tile of T tokens within a call of more than BF_T tokens: 8 for two
@@ -154,10 +155,10 @@ BF_TILE(6)
 
 /* The GEMM's full tile over cols [k0, k1), for rows too long for a tile's
  * activations to stay in L1 (bf_rows_kblocked). */
-static __attribute__((noinline)) void bf_mk(const struct kern_mm *m, int32_t r, int32_t t, int32_t k0,
-					    int32_t k1, __m512 *sv)
+static __attribute__((noinline)) void bf_mk(const struct kern_mm *m, int32_t r, int32_t t,
+					    int32_t k0, int32_t k1, __m512 *sv)
 {
-	bf_tile_k(m, r, t, k0, k1, sv, BF_ROWS(BF_TG), BF_TG, 0);
+	bf_tile_k(m, r, t, k0, k1, sv, BF_ROWS(BF_TG), BF_TG, 0, true);
 }
 
 #define BF_TILE_SMALL(T)                                                                           \
@@ -299,10 +300,12 @@ double kern__avx512bf16_bench(int64_t iters)
 
 /* ---- attention with bf16 dot products -------------------------------------
  * For a backend with bf16 activations: q, K and V rounded to bf16 (nearest even),
- * multiplied by vdpbf16ps; scores, softmax and sums stay f32. Every call takes the
- * same form (a decode query alone, a prefill batch), so a query gets the same bits
- * either way. A chunk of up to VL keys of one KV head is converted once into
- *   kt[s][l]: lane j = the pair of dims (32 s + 2 l, 32 s + 2 l + 1) of key j;
+ * multiplied by vdpbf16ps; scores, softmax and sums stay f32. A query gets the
+ * same bits alone (decode) and in a prefill batch. A chunk of up to VL keys of one
+ * KV head is converted once per call into
+ *   kt[s][l]: lane j = the pair of dims (32 s + 2 l, 32 s + 2 l + 1) of key j
+ *             (or, when fewer than BA_NP heads share the chunk, the keys' rows of
+ *             pairs, ba_dots_rows, which give the same scores);
  *   vt[b][i]: dword d = dim 16 b + d of keys 2 i and 2 i + 1;
  * zero past head_dim and past the chunk's last key. A (query, head)'s score lanes
  * p[l] take pair l of each 32-dim step, in order, and are added by the halving

@@ -22,6 +22,9 @@
 #define CPU_PAR_MIN_WORK    32768	/* elements below which an op stays on the caller */
 #define CPU_SCRATCH_BYTES   (16u << 20) /* packed matmul activations; attention states */
 #define CPU_MM_GRAIN	    16		/* rows per matmul split unit */
+#define CPU_MM_GEMM_TOKENS  8		/* a matmul of more tokens: a GEMM, */
+#define CPU_MM_GEMM_GRAIN   64		/* split in units of its row blocks (BF_RB) */
+#define CPU_MM_PIECE_WORK   (1 << 25)	/* most multiply-adds a thread takes at a time */
 #define CPU_STEAL_MAX	    64		/* most threads of a work-stealing split */
 #define CPU_STEAL_PIECES    8		/* pieces a thread walks its own share in */
 #define CPU_ATTN_BATCH	    1		/* attention items a thread takes at a time */
@@ -160,8 +163,10 @@ static void cpu_parallel(struct kern_cpu *c, int32_t n, int32_t grain, int64_t w
 }
 
 /* A work-stealing split: thread i owns the i-th contiguous share of [0, n) (as
- * cpu_parallel gives it) and walks it front to back in pieces of about an eighth,
- * so that without disturbance each thread streams its rows in one run, in address
+ * cpu_parallel gives it) and walks it front to back in pieces of about an eighth
+ * (or of fewer units, down to one, when an eighth is more than piece_work: a
+ * piece in progress cannot be stolen, and a prefill GEMM's eighth took a
+ * millisecond), so that without disturbance each thread streams its rows in one run, in address
  * order; a thread that finishes early takes half of what is left of another
  * thread's share, from its back end. So a thread slowed by anything (another
  * process on its core, a busier memory channel) does less of the work instead of
@@ -172,6 +177,7 @@ struct cpu_steal {
 	void *ctx;
 	int32_t n;
 	int32_t grain;
+	uint32_t piece; /* units a thread takes off its own share at a time */
 	_Atomic uint64_t share[CPU_STEAL_MAX]; /* back << 32 | front */
 };
 
@@ -199,21 +205,19 @@ static bool cpu_steal_take(_Atomic uint64_t *w, bool steal, uint32_t want, uint3
 static void cpu_steal_job(void *arg, int ith, int nth)
 {
 	struct cpu_steal *s = arg;
-	const uint32_t units = (uint32_t)((s->n + s->grain - 1) / s->grain);
-	const uint32_t piece = CM_MAX(1u, units / (uint32_t)nth / CPU_STEAL_PIECES);
 	uint32_t u0, u1;
 	for (int k = 0; k < nth; k++) {
 		int v = (ith + k) % nth; /* our own share first, then the others' */
-		while (cpu_steal_take(&s->share[v], k > 0, piece, &u0, &u1))
+		while (cpu_steal_take(&s->share[v], k > 0, s->piece, &u0, &u1))
 			s->fn(s->ctx, (int32_t)(u0 * (uint32_t)s->grain),
 			      CM_MIN((int32_t)(u1 * (uint32_t)s->grain), s->n));
 	}
 }
 
 /* Like cpu_parallel (the same shares when no thread is disturbed), with stealing
- * (struct cpu_steal). */
+ * (struct cpu_steal); piece_work 0: pieces of an eighth whatever the work. */
 static void cpu_parallel_steal(struct kern_cpu *c, int32_t n, int32_t grain, int64_t work,
-			       cpu_range_fn fn, void *ctx)
+			       int64_t piece_work, cpu_range_fn fn, void *ctx)
 {
 	const int nth = c->base.n_threads;
 	if (nth > CPU_STEAL_MAX) {
@@ -224,8 +228,16 @@ static void cpu_parallel_steal(struct kern_cpu *c, int32_t n, int32_t grain, int
 		fn(ctx, 0, n);
 		return;
 	}
-	struct cpu_steal s = {.fn = fn, .ctx = ctx, .n = n, .grain = grain};
 	const uint64_t units = (uint64_t)((n + grain - 1) / grain);
+	const uint64_t eighth = units / (uint64_t)nth / CPU_STEAL_PIECES;
+	const uint64_t by_work =
+		piece_work ? (uint64_t)piece_work * units / (uint64_t)work : eighth;
+	struct cpu_steal s = {
+		.fn = fn,
+		.ctx = ctx,
+		.n = n,
+		.grain = grain,
+		.piece = (uint32_t)CM_MAX(1u, CM_MIN(eighth, by_work))};
 	for (int i = 0; i < nth; i++) {
 		uint64_t f = units * (uint64_t)i / (uint64_t)nth;
 		uint64_t b = units * (uint64_t)(i + 1) / (uint64_t)nth;
@@ -320,8 +332,8 @@ static void cpu_matmul(struct kern_backend *be, int n_w, const struct kern_mat *
 			j.part[i].yc = j.part[i].y + (size_t)t0 * (size_t)j.part[i].rows;
 		if (stride)
 			cpu_parallel(c, tn, 1, (int64_t)tn * cols, cpu_mm_pack_range, &j);
-		cpu_parallel_steal(c, rows, CPU_MM_GRAIN, (int64_t)rows * cols * tn,
-				   cpu_mm_rows_range, &j);
+		cpu_parallel_steal(c, rows, tn > CPU_MM_GEMM_TOKENS ? CPU_MM_GEMM_GRAIN : CPU_MM_GRAIN,
+				   (int64_t)rows * cols * tn, CPU_MM_PIECE_WORK, cpu_mm_rows_range, &j);
 	}
 }
 
@@ -986,7 +998,8 @@ static double cpu_bench_read(struct kern_backend *be, const void *buf, size_t by
 	struct cpu_bench_job j = {.c = c, .buf = buf};
 	int32_t units = (int32_t)CM_MIN(bytes / CPU_READ_UNIT, (size_t)INT32_MAX);
 	int64_t t0 = cm_time_us();
-	cpu_parallel_steal(c, units, (2 << 20) / CPU_READ_UNIT, INT64_MAX, cpu_bench_read_range, &j);
+	cpu_parallel_steal(c, units, (2 << 20) / CPU_READ_UNIT, INT64_MAX, 0, cpu_bench_read_range,
+			   &j);
 	int64_t us = cm_time_us() - t0;
 	return us > 0 ? (double)units * CPU_READ_UNIT / (double)us * 1e-3 : 0.0;
 }

@@ -177,4 +177,25 @@ static inline size_t kern__kv_off(const struct kern_kv_layer *kv, size_t slot, i
 	return row * (size_t)kv->head_dim * kern_dtype_size(kv->dtype);
 }
 
+/* An attn_part's walk over a chunk: heads [ha, end) of h0 + [0, nh) share ha's KV
+ * head (g query heads per KV head); returns end. */
+static inline int32_t kern__attn_group_end(int32_t h0, int32_t ha, int32_t nh, int32_t g)
+{
+	int32_t hb = ha + 1;
+	while (hb < nh && (h0 + hb) / g == (h0 + ha) / g)
+		hb++;
+	return hb;
+}
+
+/* The K and V rows of KV head kvh of tokens [c0, c0 + n) of segment seg. */
+static inline void kern__attn_rows(const struct kern_kv_layer *kv, const struct kern_kv_seg *seg,
+				   int32_t c0, int n, int32_t kvh, const char **kh, const char **vh)
+{
+	for (int j = 0; j < n; j++) {
+		const size_t off = kern__kv_off(kv, kern__kv_slot(seg, kv->block_size, c0 + j), kvh);
+		kh[j] = (const char *)kv->k + off;
+		vh[j] = (const char *)kv->v + off;
+	}
+}
+
 #endif

@@ -588,14 +588,6 @@ void kern__avx512bf16_attn_part(const struct kern_attn_params *p, const float *q
 	CM_ASSERT(hd <= BA_HD && nq * nh <= KERN_CPU_ATTN_MAXH);
 	CM_ASSERT((size_t)nq * (size_t)nh * (size_t)nst * VL <= KERN_CPU_ATTN_BUF);
 	int32_t tend = t0;
-	for (int32_t u = 0; u < nq; u++) /* the queries are likely in L3 only */
-		for (int32_t h = 0; h < nh; h++)
-			for (int32_t d = 0; d < hd; d += VL)
-				_mm_prefetch((const char *)(q + ((size_t)qi[u] * (size_t)p->n_head +
-								 (size_t)(h0 + h)) *
-									(size_t)hd +
-							    d),
-					     _MM_HINT_T0);
 	for (int32_t u = 0; u < nq; u++) {
 		tend = t1[u] > tend ? t1[u] : tend;
 		memset(out[u].acc, 0, (size_t)nh * (size_t)hd * sizeof(float));
@@ -618,19 +610,10 @@ void kern__avx512bf16_attn_part(const struct kern_attn_params *p, const float *q
 	}
 	for (int32_t c0 = t0; c0 < tend; c0 += VL) {
 		const int cmax = tend - c0 < VL ? tend - c0 : VL;
-		size_t slot[VL];
-		for (int j = 0; j < cmax; j++)
-			slot[j] = kern__kv_slot(seg, kv->block_size, c0 + j);
 		for (int32_t ha = 0, hb; ha < nh; ha = hb) {
-			const int32_t kvh = (h0 + ha) / g;
-			for (hb = ha + 1; hb < nh && (h0 + hb) / g == kvh; hb++)
-				;
+			hb = kern__attn_group_end(h0, ha, nh, g);
 			const char *kh[VL], *vh[VL];
-			for (int j = 0; j < cmax; j++) {
-				const size_t off = kern__kv_off(kv, slot[j], kvh);
-				kh[j] = (const char *)kv->k + off;
-				vh[j] = (const char *)kv->v + off;
-			}
+			kern__attn_rows(kv, seg, c0, cmax, (h0 + ha) / g, kh, vh);
 			/* few heads on this chunk (decode): no transpose */
 			const bool rows = nq * (hb - ha) < BA_NP;
 			ba_convert(kh, vh, cmax, hd, f16, rows, kt, vt);

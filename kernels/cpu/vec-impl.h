@@ -516,20 +516,11 @@ static void KS_FN(attn_part)(const struct kern_attn_params *p, const float *q, c
 	}
 	for (int32_t c0 = t0; c0 < tend; c0 += VL) {
 		int cmax = tend - c0 < VL ? tend - c0 : VL;
-		size_t slot[VL];
-		for (int j = 0; j < cmax; j++)
-			slot[j] = kern__kv_slot(seg, kv->block_size, c0 + j);
 		for (int32_t ha = 0, hb; ha < nh; ha = hb) {
-			const int32_t kvh = (h0 + ha) / g;
-			for (hb = ha + 1; hb < nh && (h0 + hb) / g == kvh; hb++)
-				;
+			hb = kern__attn_group_end(h0, ha, nh, g);
 			const char *kh[VL], *vh[VL];
 			bool dense = nq * (hb - ha) >= 4 && hd <= KS_ATTN_COPY_HD;
-			for (int j = 0; j < cmax; j++) {
-				size_t off = kern__kv_off(kv, slot[j], kvh);
-				kh[j] = (const char *)kv->k + off;
-				vh[j] = (const char *)kv->v + off;
-			}
+			kern__attn_rows(kv, seg, c0, cmax, (h0 + ha) / g, kh, vh);
 			if (dense) {
 				ks_attn_gather_t(kh, cmax, hd, f16, ktbuf);
 				ks_attn_gather(vh, cmax, hd, f16, vbuf);

@@ -28,6 +28,25 @@ static inline int th_sh(const char *cmd)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
+/* Runs a shell command line; returns its exit status, its stdout in *out (malloc'd). */
+static inline int th_capture(const char *cmd, char **out)
+{
+	FILE *p = popen(cmd, "r");
+	cr_assert_not_null(p);
+	size_t cap = 1 << 16, n = 0, r;
+	char *buf = malloc(cap);
+	cr_assert_not_null(buf);
+	while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
+		n += r;
+		if (n + 1 == cap)
+			buf = realloc(buf, cap *= 2);
+	}
+	buf[n] = 0;
+	int st = pclose(p);
+	*out = buf;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
 /* Writes a tandem-rand-v1 model with `tandem gen-model` into a fresh folder. */
 static inline void th_gen_model(char *dir, size_t cap, const char *variant, int seed, bool routers)
 {

@@ -110,6 +110,41 @@ Test(up, up_then_think_then_ctrl_c, .timeout = 240)
 	th_rmdir(dir);
 }
 
+/* The split layout (docs/disaggregation.md) through the same user path. */
+Test(up, encode_and_decode_workers_then_think, .timeout = 240)
+{
+	char dir[1024], out[1200], in[1200], cmd[4000];
+	th_tmpdir(dir, sizeof(dir), "up-split");
+	snprintf(out, sizeof(out), "%s/up.out", dir);
+	snprintf(in, sizeof(in), "%s/input.txt", dir);
+	FILE *f = fopen(in, "w");
+	fputs("The train leaves at nine. It takes two hours. When does it arrive?\n", f);
+	fclose(f);
+	int base = 20000 + (getpid() % 10000) * 3;
+	char g[16], h[16], w[16];
+	snprintf(g, sizeof(g), "%d", base);
+	snprintf(h, sizeof(h), "%d", base + 1);
+	snprintf(w, sizeof(w), "%d", base + 2);
+	char *argv[] = {getenv("TANDEM_BIN"), "up",	       "--cache-dir",	 dir,
+			"--encode-workers",   "1",	       "--decode-workers", "1",
+			"--grpc-port",	      g,	       "--http-port",	 h,
+			"--worker-port",      w,	       NULL};
+	pid_t up = spawn_up(argv, out);
+	for (int i = 0; i < 1200 && !file_has(out, "Tandem is up"); i++)
+		cr_assert_eq(wait_ms(up, 100), -1, "tandem up exited early");
+	cr_assert(file_has(out, "1 encode + 1 decode workers"), "the split layout is up");
+	snprintf(cmd, sizeof(cmd),
+		 "'%s' think --addr 127.0.0.1:%d --file '%s' --rate 400 --think-max-tokens 24 "
+		 "--unit-budget 4 --final-budget 8 > '%s/think.out' 2>&1",
+		 getenv("TANDEM_BIN"), base, in, dir);
+	cr_assert_eq(th_sh(cmd), 0, "tandem think failed");
+	snprintf(cmd, sizeof(cmd), "%s/think.out", dir);
+	cr_assert(file_has(cmd, "finish: "), "latency summary");
+	kill(up, SIGINT);
+	cr_assert_eq(wait_ms(up, 20000), 0, "tandem up stops cleanly on Ctrl-C");
+	th_rmdir(dir);
+}
+
 Test(up, stops_everything_when_a_child_fails_to_start, .timeout = 60)
 {
 	char dir[1024], out[1200];

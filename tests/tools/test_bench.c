@@ -7,24 +7,6 @@
 #include <math.h>
 #include <string.h>
 
-/* Runs a command line; returns its exit status and its stdout (malloc'd). */
-static int run_capture(const char *cmd, char **out)
-{
-	FILE *p = popen(cmd, "r");
-	cr_assert_not_null(p);
-	size_t cap = 1 << 16, n = 0, r;
-	char *buf = malloc(cap);
-	while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-		n += r;
-		if (n + 1 == cap)
-			buf = realloc(buf, cap *= 2);
-	}
-	buf[n] = 0;
-	int st = pclose(p);
-	*out = buf;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 static void check_positive(json_t *j, const char *key)
 {
 	json_t *v = json_object_get(j, key);
@@ -41,7 +23,7 @@ static json_t *bench_json(const char *dir, const char *flags)
 		 "'%s' bench --model '%s' --prompt-tokens 32 --gen-tokens 8 --batch 4 --runs 1 "
 		 "--threads 2 --json %s",
 		 getenv("TANDEM_BIN"), dir, flags);
-	cr_assert_eq(run_capture(cmd, &out), 0, "%s", cmd);
+	cr_assert_eq(th_capture(cmd, &out), 0, "%s", cmd);
 	json_error_t je;
 	json_t *j = json_loads(out, 0, &je);
 	cr_assert_not_null(j, "not JSON (%s): %s", je.text, out);
@@ -84,14 +66,14 @@ Test(bench_smoke, bad_mode_and_missing_model_are_errors)
 {
 	char cmd[1200], *out;
 	snprintf(cmd, sizeof(cmd), "'%s' bench frobnicate --model x 2>&1", getenv("TANDEM_BIN"));
-	cr_assert_eq(run_capture(cmd, &out), 1);
+	cr_assert_eq(th_capture(cmd, &out), 1);
 	cr_assert(strstr(out, "unknown mode 'frobnicate'") && strstr(out, "engine"), "%s", out);
 	free(out);
 	snprintf(cmd, sizeof(cmd), "'%s' bench 2>&1", getenv("TANDEM_BIN"));
-	cr_assert_eq(run_capture(cmd, &out), 1);
+	cr_assert_eq(th_capture(cmd, &out), 1);
 	cr_assert(strstr(out, "--model"), "%s", out);
 	free(out);
 	snprintf(cmd, sizeof(cmd), "'%s' bench --model x --runs 0 2>&1", getenv("TANDEM_BIN"));
-	cr_assert_eq(run_capture(cmd, &out), 1);
+	cr_assert_eq(th_capture(cmd, &out), 1);
 	free(out);
 }

@@ -11,24 +11,6 @@
 #define UNIT_BUDGET  4
 #define FINAL_BUDGET 8
 
-/* Runs a command line; returns its exit status and its stdout (malloc'd). */
-static int run_capture(const char *cmd, char **out)
-{
-	FILE *p = popen(cmd, "r");
-	cr_assert_not_null(p);
-	size_t cap = 1 << 16, n = 0, r;
-	char *buf = malloc(cap);
-	while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-		n += r;
-		if (n + 1 == cap)
-			buf = realloc(buf, cap *= 2);
-	}
-	buf[n] = 0;
-	int st = pclose(p);
-	*out = buf;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 static double num(json_t *j, const char *key)
 {
 	json_t *v = json_object_get(j, key);
@@ -78,7 +60,7 @@ Test(bench_serving, tiny_cluster_json, .timeout = 280)
 		 "'%s' bench serving --target %s --requests 2 --concurrency 2 --read-rate 400 "
 		 "--unit-budget %d --final-budget %d --json",
 		 getenv("TANDEM_BIN"), c.addr, UNIT_BUDGET, FINAL_BUDGET);
-	int rc = run_capture(cmd, &out);
+	int rc = th_capture(cmd, &out);
 	cl_stop(&c);
 	cr_assert_eq(rc, 0, "%s\n%s", cmd, out);
 	json_error_t je;
@@ -132,10 +114,10 @@ Test(bench_serving, no_server_is_an_error)
 	snprintf(cmd, sizeof(cmd),
 		 "'%s' bench serving --target 127.0.0.1:1 --requests 1 --start-timeout 1 2>&1",
 		 getenv("TANDEM_BIN"));
-	cr_assert_eq(run_capture(cmd, &out), 1, "%s", out);
+	cr_assert_eq(th_capture(cmd, &out), 1, "%s", out);
 	cr_assert(strstr(out, "127.0.0.1:1") && strstr(out, "UNAVAILABLE"), "%s", out);
 	free(out);
 	snprintf(cmd, sizeof(cmd), "'%s' bench serving --requests 0 2>&1", getenv("TANDEM_BIN"));
-	cr_assert_eq(run_capture(cmd, &out), 1, "%s", out);
+	cr_assert_eq(th_capture(cmd, &out), 1, "%s", out);
 	free(out);
 }

@@ -5,25 +5,6 @@
 
 #include <string.h>
 
-/* Runs a command line, returns its exit status and its stdout (malloc'd). */
-static int run_capture(const char *cmd, char **out)
-{
-	FILE *p = popen(cmd, "r");
-	cr_assert_not_null(p);
-	size_t cap = 1 << 16, n = 0;
-	char *buf = malloc(cap);
-	size_t r;
-	while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-		n += r;
-		if (n + 1 == cap)
-			buf = realloc(buf, cap *= 2);
-	}
-	buf[n] = 0;
-	int st = pclose(p);
-	*out = buf;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 static const char *bin(void)
 {
 	return getenv("TANDEM_BIN");
@@ -33,22 +14,22 @@ Test(cli, help_and_unknown_commands)
 {
 	char cmd[1200], *out;
 	snprintf(cmd, sizeof(cmd), "'%s' --help", bin());
-	cr_assert_eq(run_capture(cmd, &out), 0);
+	cr_assert_eq(th_capture(cmd, &out), 0);
 	cr_assert(strstr(out, "gen-model") && strstr(out, "generate") && strstr(out, "tokenize"),
 		  "%s", out);
 	free(out);
 	snprintf(cmd, sizeof(cmd), "'%s' generate --help", bin());
-	cr_assert_eq(run_capture(cmd, &out), 0);
+	cr_assert_eq(th_capture(cmd, &out), 0);
 	cr_assert(strstr(out, "--max-tokens N") && strstr(out, "--top-p P") &&
 			  strstr(out, "TANDEM_THREADS"),
 		  "%s", out);
 	free(out);
 	snprintf(cmd, sizeof(cmd), "'%s' frobnicate 2>&1", bin());
-	cr_assert_eq(run_capture(cmd, &out), 1);
+	cr_assert_eq(th_capture(cmd, &out), 1);
 	cr_assert(strstr(out, "unknown command 'frobnicate'"), "%s", out);
 	free(out);
 	snprintf(cmd, sizeof(cmd), "'%s' generate --model x --prompt hi --top-p 2 2>&1", bin());
-	cr_assert_eq(run_capture(cmd, &out), 1);
+	cr_assert_eq(th_capture(cmd, &out), 1);
 	cr_assert(strstr(out, "--top-p") && strstr(out, "outside"), "%s", out);
 	free(out);
 }
@@ -58,7 +39,7 @@ Test(cli, config_doc_is_current)
 	char cmd[2400], *out, *doc;
 	size_t len;
 	snprintf(cmd, sizeof(cmd), "'%s' config", bin());
-	cr_assert_eq(run_capture(cmd, &out), 0);
+	cr_assert_eq(th_capture(cmd, &out), 0);
 	snprintf(cmd, sizeof(cmd), "%s/../../docs/config.md", getenv("TANDEM_TEST_DATA"));
 	struct cm_err err = { 0 };
 	cr_assert_eq(cm_file_read(cmd, &doc, &len, &err), CM_OK, "%s", err.msg);
@@ -77,11 +58,11 @@ Test(cli, tokenize_and_generate_match_fixtures, .timeout = 300)
 	snprintf(cmd, sizeof(cmd),
 		 "'%s' tokenize --model '%s' 'The quick brown fox jumps over the lazy dog.'", bin(),
 		 dir);
-	cr_assert_eq(run_capture(cmd, &out), 0);
+	cr_assert_eq(th_capture(cmd, &out), 0);
 	cr_assert_str_eq(out, "785,3974,13876,38835,34208,916,279,15678,5562,13\n");
 	free(out);
 	snprintf(cmd, sizeof(cmd), "'%s' tokenize --model '%s' --decode 785,3974,13876", bin(), dir);
-	cr_assert_eq(run_capture(cmd, &out), 0);
+	cr_assert_eq(th_capture(cmd, &out), 0);
 	cr_assert_str_eq(out, "The quick brown\n");
 	free(out);
 
@@ -91,7 +72,7 @@ Test(cli, tokenize_and_generate_match_fixtures, .timeout = 300)
 		 "'%s' generate --model '%s' --tokens 785,3974,13876,38835,34208,916,279,15678,"
 		 "5562,13 --max-tokens 16 --ids --dump-logits '%s'",
 		 bin(), dir, dump);
-	cr_assert_eq(run_capture(cmd, &out), 0);
+	cr_assert_eq(th_capture(cmd, &out), 0);
 	json_t *g = json_object_get(json_object_get(run, "greedy"), "ids");
 	char want[512] = "";
 	for (size_t i = 0; i < json_array_size(g); i++)
@@ -114,7 +95,7 @@ Test(cli, tokenize_and_generate_match_fixtures, .timeout = 300)
 		 "'%s' generate --model '%s' --chat --prompt 'Hello' --max-tokens 5 "
 		 "--temperature 0.9 --seed 3",
 		 bin(), dir);
-	cr_assert_eq(run_capture(cmd, &out), 0);
+	cr_assert_eq(th_capture(cmd, &out), 0);
 	cr_assert_gt(strlen(out), 1);
 	free(out);
 	json_decref(fx);
@@ -145,7 +126,7 @@ Test(cli, corrupt_model_files_are_one_line_errors, .timeout = 300)
 		snprintf(cmd, sizeof(cmd),
 			 "'%s' generate --model '%s' --tokens 1,2,3 --max-tokens 2 2>&1 >/dev/null",
 			 bin(), dir);
-		int rc = run_capture(cmd, &out);
+		int rc = th_capture(cmd, &out);
 		cr_assert_eq(rc, 1, "case %zu: exit %d: %s", i, rc, out);
 		cr_assert(strstr(out, "model.safetensors"), "case %zu: %s", i, out);
 		char *nl = strchr(out, '\n');
@@ -158,7 +139,7 @@ Test(cli, corrupt_model_files_are_one_line_errors, .timeout = 300)
 	cr_assert_eq(th_sh(cmd), 0);
 	snprintf(cmd, sizeof(cmd),
 		 "'%s' generate --model '%s' --tokens 1,2,3 2>&1 >/dev/null", bin(), dir);
-	cr_assert_eq(run_capture(cmd, &out), 1);
+	cr_assert_eq(th_capture(cmd, &out), 1);
 	cr_assert(strstr(out, "head_dim"), "%s", out);
 	free(out);
 	th_rmdir(dir);
@@ -185,7 +166,7 @@ Test(cli, generate_0p6b_greedy_ids, .timeout = 600)
 			 "'%s' generate --model '%s' --tokens %s --max-tokens 16 --ids "
 			 "--dump-logits '%s'",
 			 bin(), dir, ids, dump);
-		cr_assert_eq(run_capture(cmd, &out), 0);
+		cr_assert_eq(th_capture(cmd, &out), 0);
 		int32_t got[32];
 		int n = 0;
 		for (char *p = out; *p && n < 32;) {

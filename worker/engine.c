@@ -533,7 +533,7 @@ static int grow(int32_t **a, int32_t *cap, int32_t need)
 /* The checks wk_engine_input and wk_engine_input_kv share: q (req_id) takes
  * the source unit[n]. */
 static int input_check(const struct wk_engine *e, const struct wk_seq *q, uint64_t req_id,
-		       const int32_t *unit, int32_t n, struct cm_err *err)
+		       const int32_t *unit, int32_t n, bool as_kv, struct cm_err *err)
 {
 	unsigned long long id = (unsigned long long)req_id;
 	if (!q)
@@ -552,6 +552,14 @@ static int input_check(const struct wk_engine *e, const struct wk_seq *q, uint64
 		return cm_err_set(err, CM_ERANGE,
 				  "request %llu: source of %lld tokens exceeds the context (%d)",
 				  id, (long long)st->src_n + n, e->cap);
+	if (st->remote && !as_kv)
+		return cm_err_set(err, CM_EINVAL,
+				  "request %llu: its source arrives as KV (remote_source): "
+				  "wk_engine_input_kv",
+				  id);
+	if (!st->remote && as_kv)
+		return cm_err_set(err, CM_EINVAL,
+				  "request %llu: KV input to a request without remote_source", id);
 	return CM_OK;
 }
 
@@ -612,14 +620,9 @@ int wk_engine_input(struct wk_engine *e, uint64_t req_id, const int32_t *unit, i
 	struct wk_seq *q = seq_find(e, req_id, &sl);
 	unsigned long long id = (unsigned long long)req_id;
 	struct src_plan plan;
-	int rc = input_check(e, q, req_id, unit, n, err);
+	int rc = input_check(e, q, req_id, unit, n, false, err);
 	if (rc < 0)
 		return rc;
-	if (q->st.remote)
-		return cm_err_set(err, CM_EINVAL,
-				  "request %llu: its source arrives as KV (remote_source): "
-				  "wk_engine_input_kv",
-				  id);
 	/* a queued request reserves its source's blocks when admitted */
 	if (sl && !src_plan(e, sl, n, &plan))
 		return cm_err_set(err, CM_ERANGE, "request %llu: the KV pool is full", id);
@@ -1372,13 +1375,10 @@ int wk_engine_input_kv(struct wk_engine *e, uint64_t req_id, const int32_t *unit
 	struct wk_seq *q = seq_find(e, req_id, &sl);
 	unsigned long long id = (unsigned long long)req_id;
 	struct src_plan plan;
-	int rc = input_check(e, q, req_id, unit, n, err);
+	int rc = input_check(e, q, req_id, unit, n, true, err);
 	if (rc < 0)
 		return rc;
 	struct wk_stream *st = &q->st;
-	if (!st->remote)
-		return cm_err_set(err, CM_EINVAL,
-				  "request %llu: KV input to a request without remote_source", id);
 	if ((rc = pos_check(st, req_id, pos, n, err)) < 0)
 		return rc;
 	if (!kv)

@@ -10,11 +10,13 @@
 #include "coordinator/coord.h"
 #include "proto/tandem.pb.h"
 
+#include <arpa/inet.h>
 #include <pb_decode.h>
 #include <pb_encode.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 
 #define CL_MAX_WORKERS 6
@@ -353,6 +355,31 @@ static inline void cl_generate(struct cluster *c, const int32_t *ids, int n, int
 	coord_call_free(k);
 	free(buf);
 	free(g);
+}
+
+/* GET path on the coordinator's HTTP plane at port; returns the status code and the body (malloc'd). */
+static inline int cl_http_get(int port, const char *path, char **body)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	char req[256];
+	int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\n\r\n", path);
+	cr_assert_eq(write(fd, req, (size_t)n), n);
+	size_t cap = 1 << 20, len = 0;
+	char *buf = malloc(cap);
+	ssize_t r;
+	while ((r = read(fd, buf + len, cap - len - 1)) > 0)
+		len += (size_t)r;
+	close(fd);
+	buf[len] = 0;
+	int code = 0;
+	sscanf(buf, "HTTP/1.%*d %d", &code);
+	char *b = strstr(buf, "\r\n\r\n");
+	*body = strdup(b ? b + 4 : "");
+	free(buf);
+	return code;
 }
 
 #endif

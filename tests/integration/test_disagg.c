@@ -6,9 +6,6 @@
  * worker mid-request must end with the same tokens after one Restart event. */
 #include "cluster.h"
 
-#include <arpa/inet.h>
-#include <sys/socket.h>
-
 #define TR_MAX 1024
 
 /* Every token event of a call (after its last Restart), and how it ended. */
@@ -138,20 +135,9 @@ static void setup(struct cluster *c, const char *tag, struct trace *ref, struct 
 
 static char *metrics(struct cluster *c)
 {
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)c->http)};
-	inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	const char req[] = "GET /metrics HTTP/1.0\r\n\r\n";
-	cr_assert_eq(write(fd, req, sizeof(req) - 1), (ssize_t)sizeof(req) - 1);
-	size_t cap = 1 << 20, len = 0;
-	char *buf = malloc(cap);
-	ssize_t r;
-	while ((r = read(fd, buf + len, cap - len - 1)) > 0)
-		len += (size_t)r;
-	close(fd);
-	buf[len] = 0;
-	return buf;
+	char *body;
+	cr_assert_eq(cl_http_get(c->http, "/metrics", &body), 200);
+	return body;
 }
 
 /* The value of the sample of family name whose labels contain label, or -1. */

@@ -3,9 +3,7 @@
  * Abort, hostile messages, a worker killed mid-request, the HTTP plane. */
 #include "cluster.h"
 
-#include <arpa/inet.h>
 #include <pthread.h>
-#include <sys/socket.h>
 
 static const int32_t fx_prompt[] = {785, 3974, 13876, 38835, 34208};
 
@@ -440,31 +438,6 @@ Test(serve, killed_worker_request_restarts_elsewhere, .timeout = 240)
 	cl_stop(&c);
 }
 
-/* GET path on the HTTP plane; returns the status code and the body (malloc'd). */
-static int http_get(int port, const char *path, char **body)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-	inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	char req[256];
-	int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\n\r\n", path);
-	cr_assert_eq(write(fd, req, (size_t)n), n);
-	size_t cap = 1 << 20, len = 0;
-	char *buf = malloc(cap);
-	ssize_t r;
-	while ((r = read(fd, buf + len, cap - len - 1)) > 0)
-		len += (size_t)r;
-	close(fd);
-	buf[len] = 0;
-	int code = 0;
-	sscanf(buf, "HTTP/1.%*d %d", &code);
-	char *b = strstr(buf, "\r\n\r\n");
-	*body = strdup(b ? b + 4 : "");
-	free(buf);
-	return code;
-}
-
 /* Every line is a HELP, a TYPE or a sample of a family declared before it. */
 static void check_exposition(const char *text)
 {
@@ -508,11 +481,11 @@ Test(serve, http_plane_health_readiness_and_metrics, .timeout = 120)
 	struct cluster c;
 	cl_start(&c, 1, "srv-http", "5000");
 	char *body;
-	cr_assert_eq(http_get(c.http, "/healthz", &body), 200);
+	cr_assert_eq(cl_http_get(c.http, "/healthz", &body), 200);
 	free(body);
-	cr_assert_eq(http_get(c.http, "/readyz", &body), 200);
+	cr_assert_eq(cl_http_get(c.http, "/readyz", &body), 200);
 	free(body);
-	cr_assert_eq(http_get(c.http, "/nope", &body), 404);
+	cr_assert_eq(cl_http_get(c.http, "/nope", &body), 404);
 	free(body);
 	struct cl_result *res = calloc(1, sizeof(*res));
 	cl_generate(&c, fx_prompt, 5, 8, res);
@@ -520,7 +493,7 @@ Test(serve, http_plane_health_readiness_and_metrics, .timeout = 120)
 	const char *text[] = {"A first sentence. ", "A second one?"};
 	cl_think(&c, text, 2, 16, false, res);
 	cr_assert_eq(res->status, COORD_OK, "%s", res->msg);
-	cr_assert_eq(http_get(c.http, "/metrics", &body), 200);
+	cr_assert_eq(cl_http_get(c.http, "/metrics", &body), 200);
 	check_exposition(body);
 	const char *names[] = {"tandem_time_to_first_token_seconds_count{model_name=\"",
 			       "tandem_input_tokens_waited_bucket{",
@@ -538,7 +511,7 @@ Test(serve, http_plane_health_readiness_and_metrics, .timeout = 120)
 	cl_kill(&c.worker[0], SIGKILL);
 	int code = 200;
 	for (int i = 0; i < 100 && code == 200; i++) {
-		code = http_get(c.http, "/readyz", &body);
+		code = cl_http_get(c.http, "/readyz", &body);
 		free(body);
 		if (code == 200)
 			usleep(50000);

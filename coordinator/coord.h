@@ -101,6 +101,11 @@ void coord_call_cancel(struct coord_call *call);
  * Returns 1 with a malloc'd *data (caller frees), 0 when the call is over
  * (coord_call_status tells how), CM_EAGAIN on timeout. */
 int coord_call_next(struct coord_call *call, int64_t timeout_us, void **data, size_t *len);
+/* Hands each message received within wait_us (< 0: until the call is over) to
+ * fn(ud, data, len), in order (data is freed after). Returns 0 once the call is
+ * over (coord_call_status tells how), CM_EAGAIN when the wait passed first. */
+int coord_call_pump(struct coord_call *call, int64_t wait_us,
+		    void (*fn)(void *ud, const uint8_t *data, size_t len), void *ud);
 /* The final status code (enum coord_status) once coord_call_next returned 0;
  * the server's message is copied to msg. */
 int coord_call_status(const struct coord_call *call, char *msg, size_t cap);

@@ -292,6 +292,22 @@ int coord_call_next(struct coord_call *k, int64_t timeout_us, void **data, size_
 	}
 }
 
+int coord_call_pump(struct coord_call *k, int64_t wait_us,
+		    void (*fn)(void *ud, const uint8_t *data, size_t len), void *ud)
+{
+	const int64_t until = cm_time_us() + wait_us;
+	for (;;) {
+		void *d;
+		size_t n;
+		int64_t left = wait_us < 0 ? -1 : CM_MAX(until - cm_time_us(), 0);
+		int rc = coord_call_next(k, left, &d, &n);
+		if (rc != 1)
+			return rc;
+		fn(ud, d, n);
+		free(d);
+	}
+}
+
 int coord_call_status(const struct coord_call *k, char *msg, size_t cap)
 {
 	if (msg && cap) {

@@ -339,8 +339,9 @@ static const char *finish_name(tandem_v1_FinishReason f)
 	return (size_t)f < CM_ARRAY_LEN(names) ? names[f] : "unknown";
 }
 
-static void on_event(struct bsv_stream *s, const uint8_t *data, size_t len)
+static void on_event(void *ud, const uint8_t *data, size_t len)
 {
+	struct bsv_stream *s = ud;
 	struct bsv_req *r = s->r;
 	tandem_v1_ThinkEvent *ev = s->ev;
 	memset(ev, 0, sizeof(*ev));
@@ -375,26 +376,16 @@ static void on_event(struct bsv_stream *s, const uint8_t *data, size_t len)
 /* Reads events for wait_us (< 0: until the call ends); false once it ended. */
 static bool pump(struct bsv_stream *s, int64_t wait_us)
 {
-	int64_t until = cm_time_us() + wait_us;
-	while (!s->over) {
-		void *d;
-		size_t n;
-		int64_t left = wait_us < 0 ? -1 : CM_MAX(until - cm_time_us(), 0);
-		int rc = coord_call_next(s->call, left, &d, &n);
-		if (rc == 1) {
-			on_event(s, d, n);
-			free(d);
-		} else if (rc == 0) {
-			s->r->t_end = cm_time_us();
-			char msg[sizeof(s->r->msg)];
-			s->r->status = coord_call_status(s->call, msg, sizeof(msg));
-			if (!s->r->msg[0]) /* a message of ours comes first */
-				snprintf(s->r->msg, sizeof(s->r->msg), "%s", msg);
-			s->over = true;
-		} else {
-			return true; /* the wait is over */
-		}
-	}
+	if (s->over)
+		return false;
+	if (coord_call_pump(s->call, wait_us, on_event, s) != 0)
+		return true; /* the wait is over */
+	s->r->t_end = cm_time_us();
+	char msg[sizeof(s->r->msg)];
+	s->r->status = coord_call_status(s->call, msg, sizeof(msg));
+	if (!s->r->msg[0]) /* a message of ours comes first */
+		snprintf(s->r->msg, sizeof(s->r->msg), "%s", msg);
+	s->over = true;
 	return false;
 }
 

@@ -115,8 +115,9 @@ static const char *reason_name(tandem_v1_FinishReason r)
 	return (size_t)r < CM_ARRAY_LEN(names) ? names[r] : "unknown";
 }
 
-static void on_event(struct think *t, const uint8_t *data, size_t len)
+static void on_event(void *ud, const uint8_t *data, size_t len)
 {
+	struct think *t = ud;
 	tandem_v1_ThinkEvent ev = tandem_v1_ThinkEvent_init_zero;
 	pb_istream_t is = pb_istream_from_buffer(data, len);
 	if (!pb_decode(&is, tandem_v1_ThinkEvent_fields, &ev)) {
@@ -165,27 +166,15 @@ static void summary(struct think *t)
 		tm->e2e_seconds);
 }
 
-/* Reads events until wait_us passes (or forever when < 0), or the call ends. */
+/* Reads events until wait_us passes (or forever when < 0), or the call ends;
+ * false once it ended. */
 static bool pump(struct think *t, int64_t wait_us)
 {
-	int64_t until = cm_time_us() + wait_us;
-	for (;;) {
-		void *d;
-		size_t n;
-		int64_t left = wait_us < 0 ? -1 : CM_MAX(until - cm_time_us(), 0);
-		int rc = coord_call_next(t->call, left, &d, &n);
-		if (rc == 1) {
-			on_event(t, d, n);
-			free(d);
-			continue;
-		}
-		if (rc == 0) {
-			t->status = coord_call_status(t->call, t->msg, sizeof(t->msg));
-			t->over = true;
-			return false;
-		}
+	if (coord_call_pump(t->call, wait_us, on_event, t) != 0)
 		return true; /* timeout */
-	}
+	t->status = coord_call_status(t->call, t->msg, sizeof(t->msg));
+	t->over = true;
+	return false;
 }
 
 /* The next piece to send: up to and including the whitespace after a word. */

@@ -10,6 +10,7 @@ size_t kern_dtype_size(enum kern_dtype dt)
 	case KERN_BF16:
 		return 2;
 	case KERN_Q8_0:
+	case KERN_BF16_R16:
 		return 0;
 	}
 	return 0;
@@ -17,6 +18,8 @@ size_t kern_dtype_size(enum kern_dtype dt)
 
 size_t kern_mat_row_bytes(const struct kern_mat *m)
 {
+	if (m->dtype == KERN_BF16_R16)
+		return ((size_t)m->cols + 1) / 2 * 2 * sizeof(uint16_t);
 	if (m->dtype != KERN_Q8_0)
 		return (size_t)m->cols * kern_dtype_size(m->dtype);
 	size_t scales = ((size_t)m->cols / KERN_Q8_BLOCK * sizeof(uint16_t) + 63) / 64 * 64;
@@ -25,7 +28,10 @@ size_t kern_mat_row_bytes(const struct kern_mat *m)
 
 size_t kern_mat_bytes(const struct kern_mat *m)
 {
-	return (size_t)m->rows * kern_mat_row_bytes(m);
+	size_t rows = (size_t)m->rows;
+	if (m->dtype == KERN_BF16_R16)
+		rows = (rows + KERN_R16_ROWS - 1) / KERN_R16_ROWS * KERN_R16_ROWS;
+	return rows * kern_mat_row_bytes(m);
 }
 
 const char *kern_isa_name(enum kern_isa isa)
@@ -73,7 +79,7 @@ void kern_free(struct kern_backend *be, void *p)
 static void kern_check_mat(const struct kern_mat *m)
 {
 	CM_ASSERT(m && m->data && m->rows > 0 && m->cols > 0);
-	CM_ASSERT(kern_dtype_size(m->dtype) != 0 ||
+	CM_ASSERT(kern_dtype_size(m->dtype) != 0 || m->dtype == KERN_BF16_R16 ||
 		  (m->dtype == KERN_Q8_0 && m->cols % KERN_Q8_BLOCK == 0));
 }
 
@@ -148,7 +154,7 @@ void kern_embed(struct kern_backend *be, const struct kern_mat *e, const int32_t
 		float *out)
 {
 	kern_check_mat(e);
-	CM_ASSERT(e->dtype != KERN_Q8_0);
+	CM_ASSERT(kern_dtype_size(e->dtype) != 0);
 	if (n <= 0)
 		return;
 	for (int32_t i = 0; i < n; i++)
@@ -206,7 +212,16 @@ int kern_convert(struct kern_backend *be, const struct kern_mat *src, struct ker
 	if (dst->dtype == KERN_Q8_0 && src->cols % KERN_Q8_BLOCK)
 		return cm_err_set(err, CM_EINVAL, "convert: q8_0 needs a multiple of %d columns, "
 				  "not %d", KERN_Q8_BLOCK, src->cols);
+	if (dst->dtype == KERN_BF16_R16 && src->dtype != KERN_BF16_R16 &&
+	    (src->dtype != KERN_BF16 || kern_weight_dtype(be, KERN_BF16) != KERN_BF16_R16))
+		return cm_err_set(err, CM_EINVAL, "convert: this backend makes bf16_r16 from bf16 "
+				  "only%s", src->dtype == KERN_BF16 ? " with bf16 activations" : "");
 	return be->iface->convert(be, src, dst, err);
+}
+
+enum kern_dtype kern_weight_dtype(struct kern_backend *be, enum kern_dtype dt)
+{
+	return be->iface->weight_dtype(be, dt);
 }
 
 double kern_bench_read(struct kern_backend *be, const void *buf, size_t bytes)

@@ -36,6 +36,7 @@ struct kern_backend_iface {
 			  int32_t n, float *out);
 	int (*convert)(struct kern_backend *be, const struct kern_mat *src, struct kern_mat *dst,
 		       struct cm_err *err);
+	enum kern_dtype (*weight_dtype)(struct kern_backend *be, enum kern_dtype dt);
 	double (*bench_read)(struct kern_backend *be, const void *buf, size_t bytes);
 	double (*bench_peak)(struct kern_backend *be, enum kern_peak which, double seconds);
 };

@@ -32,9 +32,10 @@ enum kern_dtype {
 	KERN_F16 = 1,
 	KERN_BF16 = 2,
 	KERN_Q8_0 = 3, /* weights only: blocks of 32 int8 with one f16 scale (see below) */
+	KERN_BF16_R16 = 4, /* weights only: bf16 in panels of 16 rows (see below) */
 };
 
-/* Bytes per element; 0 for KERN_Q8_0, which is not a whole number of bytes. */
+/* Bytes per element; 0 for KERN_Q8_0 and KERN_BF16_R16, whose rows are not plain. */
 size_t kern_dtype_size(enum kern_dtype dt);
 
 /* A weight matrix [rows][cols] (PyTorch's [out_features, in_features]), rows
@@ -56,9 +57,20 @@ struct kern_mat {
  * address order. cols must be a multiple of 32. */
 #define KERN_Q8_BLOCK 32
 
-/* Bytes of one row of m, padding included. */
+/* KERN_BF16_R16: the bf16 weights of KERN_BF16 reordered for a dot-product
+ * instruction that multiplies pairs (vdpbf16ps): rows in panels of 16 (the last
+ * padded with zero rows), a panel's 64-byte groups each holding columns 2k and
+ * 2k + 1 of its 16 rows (row by row; an odd last column paired with a zero). One
+ * load then feeds 16 rows' dot products in 16 lanes with no reduction across
+ * lanes, and a panel is read in address order. Made by kern_convert from
+ * KERN_BF16 on a backend whose kern_weight_dtype asks for it. */
+#define KERN_R16_ROWS 16
+
+/* Bytes of one row of m, padding included (KERN_BF16_R16: a row's share of its
+ * panel). */
 size_t kern_mat_row_bytes(const struct kern_mat *m);
-/* Bytes of all of m's data (rows x row bytes). */
+/* Bytes of all of m's data (rows, padded to a whole panel for KERN_BF16_R16, x
+ * row bytes). */
 size_t kern_mat_bytes(const struct kern_mat *m);
 
 /* Instruction-set levels of the CPU backend, lowest first. */
@@ -102,12 +114,18 @@ void *kern_alloc(struct kern_backend *be, size_t bytes);
 void kern_free(struct kern_backend *be, void *p);
 
 /* dst = src converted to dst->dtype (same shape): a copy when the types match,
- * else KERN_Q8_0 quantisation of an F32, F16 or BF16 src (cols a multiple of
- * KERN_Q8_BLOCK; a block whose scale is not finite as f16 is zeroed). dst->data
+ * KERN_Q8_0 quantisation of an F32, F16 or BF16 src (cols a multiple of
+ * KERN_Q8_BLOCK; a block whose scale is not finite as f16 is zeroed), or the
+ * KERN_BF16_R16 order of a BF16 src (where kern_weight_dtype gives it). dst->data
  * is kern_mat_bytes(dst) bytes of the caller's (a kern_alloc buffer). Runs on the
  * backend's threads. CM_EINVAL for an unsupported pair or shape. */
 int kern_convert(struct kern_backend *be, const struct kern_mat *src, struct kern_mat *dst,
 		 struct cm_err *err);
+
+/* The dtype this backend's matmul runs fastest for weights stored as dt: dt
+ * itself, or KERN_BF16_R16 for KERN_BF16 on a CPU backend with bf16 activations.
+ * What kern_convert can make from dt. */
+enum kern_dtype kern_weight_dtype(struct kern_backend *be, enum kern_dtype dt);
 
 /* ---- machine limits (tandem bench) --------------------------------------- */
 

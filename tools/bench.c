@@ -94,6 +94,7 @@ struct bench {
 	struct kern_backend *be;      /* the activations asked for */
 	struct kern_backend *be_alt;  /* the other activation type, for prefill; or NULL */
 	struct wk_model *m;
+	struct wk_model *m_alt;       /* the weights as be_alt keeps them; with be_alt */
 	void *rbuf;                   /* [BENCH_READ_BYTES] */
 	uint64_t rng;
 	int32_t *ids;                 /* [max(prompt, batch)] */
@@ -324,11 +325,9 @@ static int bench_run(struct bench *b, struct cm_err *err)
 				err)) < 0)
 		return rc;
 	bench_set_peak(b, b->bf16, b->prefill.limit);
-	if (b->be_alt) {
-		struct wk_model alt = *b->m; /* the same weights, driven by the other backend */
-		alt.be = b->be_alt;
-		rc = bench_measure(b, &alt, true, 1, prefill_peak_kind(b, !b->bf16), &b->prefill_alt,
-				   err);
+	if (b->m_alt) {
+		rc = bench_measure(b, b->m_alt, true, 1, prefill_peak_kind(b, !b->bf16),
+				   &b->prefill_alt, err);
 		if (rc < 0)
 			return rc;
 		bench_set_peak(b, !b->bf16, b->prefill_alt.limit);
@@ -513,6 +512,12 @@ static int bench_engine(const struct tandem_opts *o, int argc, char **argv)
 		rc = err.code;
 		goto out;
 	}
+	/* its own copy: each backend keeps bf16 weights in its own order */
+	if (b.be_alt && (!(b.m_alt = wk_model_load(o->model, b.be_alt, &err)) ||
+			 tool_model_weights(o, b.m_alt, &err) < 0)) {
+		rc = err.code;
+		goto out;
+	}
 	b.rbuf = kern_alloc(b.be, BENCH_READ_BYTES);
 	b.ids = malloc((size_t)CM_MAX(o->prompt_tokens, o->batch) * sizeof(int32_t));
 	if (!b.rbuf || !b.ids) {
@@ -536,6 +541,7 @@ out:
 		kern_free(b.be, b.rbuf);
 	free(b.ids);
 	wk_model_free(b.m);
+	wk_model_free(b.m_alt);
 	kern_backend_free(b.be_alt);
 	kern_backend_free(b.be);
 	if (rc < 0) {

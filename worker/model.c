@@ -247,8 +247,9 @@ int wk_model_convert(struct wk_model *m, enum wk_weights how, struct cm_err *err
 	size_t total = 0;
 	for (int i = 0; i < n; i++) {
 		dst[i] = *src[i];
-		if (how == WK_WEIGHTS_Q8 && src[i]->cols % KERN_Q8_BLOCK == 0)
-			dst[i].dtype = KERN_Q8_0;
+		dst[i].dtype = how == WK_WEIGHTS_Q8 && src[i]->cols % KERN_Q8_BLOCK == 0
+				       ? KERN_Q8_0
+				       : kern_weight_dtype(m->be, src[i]->dtype);
 		total += (kern_mat_bytes(&dst[i]) + 63) / 64 * 64;
 	}
 	char *buf = kern_alloc(m->be, total);
@@ -273,7 +274,9 @@ int wk_model_convert(struct wk_model *m, enum wk_weights how, struct cm_err *err
 		m->embed = m->lm_head; /* the copy serves the lookups too */
 	m->wbuf = buf;
 	CM_LOG_INFO("weights: %zu bytes in backend memory%s", total,
-		    how == WK_WEIGHTS_Q8 ? ", q8_0" : "");
+		    how == WK_WEIGHTS_Q8			   ? ", q8_0"
+		    : m->lm_head.dtype == KERN_BF16_R16 ? ", bf16 in 16-row panels"
+							   : "");
 out:
 	free(src);
 	free(dst);

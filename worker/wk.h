@@ -61,12 +61,14 @@ void wk_model_free(struct wk_model *m);
 /* Where the weight matrices live after wk_model_convert. */
 enum wk_weights {
 	WK_WEIGHTS_MAPPED = 0, /* in the file mapping, as stored (what wk_model_load gives) */
-	WK_WEIGHTS_COPY,       /* copied into one backend buffer (huge pages on the CPU) */
+	WK_WEIGHTS_COPY,       /* copied into one backend buffer (huge pages on the CPU), in
+				* the backend's order (kern_weight_dtype) */
 	WK_WEIGHTS_Q8,         /* the same, quantised to KERN_Q8_0 where the columns allow */
 };
 
-/* Moves every weight matrix (layers and LM head; a separate embedding stays mapped,
- * a lookup reads a few rows) into one backend buffer, owned by m, as how says;
+/* Moves every weight matrix (layers and LM head; a separate embedding, or a tied
+ * one whose LM head is reordered, stays mapped: a lookup reads a few rows) into one
+ * backend buffer, owned by m, as how says;
  * once per model. Errors: CM_ENOMEM, CM_EINVAL (converted already); m is then
  * unchanged. */
 int wk_model_convert(struct wk_model *m, enum wk_weights how, struct cm_err *err);

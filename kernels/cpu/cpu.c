@@ -302,17 +302,21 @@ static void cpu_matmul(struct kern_backend *be, int n_w, const struct kern_mat *
 {
 	struct kern_cpu *c = cpu_of(be);
 	struct cpu_mm_job j = {.ops = c->ops, .n_w = n_w};
+	const bool r16 = w[0]->dtype == KERN_BF16_R16;
+	CM_ASSERT(!r16 || c->bf16_act); /* kern_convert makes it only then */
 	int32_t rows = 0;
 	for (int i = 0; i < n_w; i++) {
 		j.part[i] = (struct cpu_mm_part){
 			.w = w[i]->data, .rows = w[i]->rows, .r0 = rows, .y = y[i]};
-		rows += w[i]->rows;
+		/* a KERN_BF16_R16 matrix starts on a whole panel of the split */
+		rows += r16 ? (w[i]->rows + KERN_R16_ROWS - 1) / KERN_R16_ROWS * KERN_R16_ROWS
+			    : w[i]->rows;
 	}
 	const int32_t cols = w[0]->cols;
 	j.m.dtype = w[0]->dtype;
 	j.m.rows = w[0]->rows;
 	j.m.cols = cols;
-	j.m.bf16_act = c->bf16_act && j.m.dtype == KERN_BF16;
+	j.m.bf16_act = c->bf16_act && (j.m.dtype == KERN_BF16 || r16);
 	j.q8 = j.m.dtype == KERN_Q8_0 ? &c->q8 : NULL;
 	size_t stride = j.q8 ? kern__q8_pack_stride(&j.m) : c->ops->mm_pack_stride(&j.m);
 	int32_t chunk = n;
@@ -944,11 +948,36 @@ struct cpu_convert_job {
 	const struct kern_mat *dst;
 };
 
+/* Panels [g0, g1) of a KERN_BF16_R16 dst from its KERN_BF16 src (kern.h). */
+static void cpu_r16_panels(const struct kern_mat *src, const struct kern_mat *dst, int32_t g0,
+			   int32_t g1)
+{
+	const uint16_t *s = src->data;
+	const int32_t kp_n = (src->cols + 1) / 2;
+	for (int32_t g = g0; g < g1; g++) {
+		uint16_t *d = (uint16_t *)dst->data + (size_t)g * (size_t)kp_n * 2 * KERN_R16_ROWS;
+		for (int32_t kp = 0; kp < kp_n; kp++)
+			for (int32_t i = 0; i < KERN_R16_ROWS; i++, d += 2) {
+				const int32_t r = g * KERN_R16_ROWS + i, k = 2 * kp;
+				d[0] = d[1] = 0;
+				if (r < src->rows) {
+					const uint16_t *row = s + (size_t)r * (size_t)src->cols;
+					d[0] = row[k];
+					d[1] = k + 1 < src->cols ? row[k + 1] : 0;
+				}
+			}
+	}
+}
+
 static void cpu_convert_range(void *arg, int32_t r0, int32_t r1)
 {
 	const struct cpu_convert_job *j = arg;
 	if (j->dst->dtype == KERN_Q8_0) {
 		kern__q8_quantize_rows(j->src, j->dst, r0, r1);
+		return;
+	}
+	if (j->dst->dtype == KERN_BF16_R16) {
+		cpu_r16_panels(j->src, j->dst, r0, r1); /* r0, r1: panels */
 		return;
 	}
 	size_t rb = kern_mat_row_bytes(j->src);
@@ -961,12 +990,23 @@ static int cpu_convert(struct kern_backend *be, const struct kern_mat *src, stru
 {
 	struct kern_cpu *c = cpu_of(be);
 	bool q8 = dst->dtype == KERN_Q8_0 && src->dtype != KERN_Q8_0;
-	if (!q8 && dst->dtype != src->dtype)
+	bool r16 = dst->dtype == KERN_BF16_R16 && src->dtype == KERN_BF16;
+	if (!q8 && !r16 && dst->dtype != src->dtype)
 		return cm_err_set(err, CM_EINVAL, "convert: dtype %d to %d is not supported",
 				  src->dtype, dst->dtype);
+	if (src->dtype == KERN_BF16_R16) { /* a copy; its rows are not plain */
+		memcpy((void *)dst->data, src->data, kern_mat_bytes(src));
+		return CM_OK;
+	}
 	struct cpu_convert_job j = {.src = src, .dst = dst};
-	cpu_parallel(c, src->rows, 1, (int64_t)src->rows * src->cols, cpu_convert_range, &j);
+	int32_t n = r16 ? (src->rows + KERN_R16_ROWS - 1) / KERN_R16_ROWS : src->rows;
+	cpu_parallel(c, n, 1, (int64_t)src->rows * src->cols, cpu_convert_range, &j);
 	return CM_OK;
+}
+
+static enum kern_dtype cpu_weight_dtype(struct kern_backend *be, enum kern_dtype dt)
+{
+	return dt == KERN_BF16 && cpu_of(be)->bf16_act ? KERN_BF16_R16 : dt;
 }
 
 /* ---- machine limits ------------------------------------------------------ */
@@ -1078,6 +1118,7 @@ static const struct kern_backend_iface cpu_iface = {
 	.kv_store = cpu_kv_store,
 	.attention = cpu_attention,
 	.convert = cpu_convert,
+	.weight_dtype = cpu_weight_dtype,
 	.bench_read = cpu_bench_read,
 	.bench_peak = cpu_bench_peak,
 };

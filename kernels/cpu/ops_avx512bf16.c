@@ -246,8 +246,158 @@ static int32_t bf_rows_kblocked(const struct kern_mm *m, int32_t rb, int32_t re,
 	return r;
 }
 
+/* ---- KERN_BF16_R16 weights ------------------------------------------------
+ * A tile is G panels (16 rows each, kern.h) x T tokens with one accumulator per
+ * (panel, token), the panel's 16 rows in its lanes. A step takes one pair of
+ * columns: one load per panel, one broadcast of each token's pair, G x T
+ * vdpbf16ps. Every lane sums its row's pairs in order from zero whatever the tile,
+ * the column blocks or the split, and nothing is summed across lanes, so a token
+ * gets the same bits alone (GEMV) and in a batch (GEMM) by construction. */
+#define RP_G  2	  /* panels per tile */
+#define RP_GV 4	  /* panels per tile of a GEMV (four chains of vdpbf16ps in flight) */
+#define RP_T  12  /* most tokens per tile (2 x 12 accumulators) */
+#define RP_KB 512 /* column pairs per block of a GEMM row (accumulators parked between) */
+#define RP_RB 4	  /* panels per cache block of a GEMM (CPU_MM_GEMM_GRAIN rows) */
+
+/* Column pairs [kp0, kp1) of the tile at panel g, token t: from the accumulators
+ * in sv unless kp0 = 0, back into sv unless the row ends at kp1, else stored. */
+KS_INLINE void rp_tile(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp0, int32_t kp1,
+		       __m512 *sv, const int G, const int T)
+{
+	const int32_t kp_n = (m->cols + 1) / 2;
+	const size_t ps = (size_t)kp_n * 2 * KERN_R16_ROWS; /* bf16 per panel */
+	const uint16_t *w = (const uint16_t *)m->w + (size_t)g * ps;
+	const char *x = (const char *)m->xp + (size_t)t * m->xp_stride;
+	__m512 acc[RP_GV][RP_T];
+	KS_UNROLL
+	for (int i = 0; i < G; i++)
+		KS_UNROLL
+	for (int j = 0; j < T; j++)
+		acc[i][j] = kp0 ? sv[i * T + j] : _mm512_setzero_ps();
+	for (int32_t kp = kp0; kp < kp1; kp++) {
+		__m512i wv[RP_GV];
+		KS_UNROLL
+		for (int i = 0; i < G; i++)
+			wv[i] = _mm512_load_si512(w + i * ps + (size_t)kp * 2 * KERN_R16_ROWS);
+		KS_UNROLL
+		for (int j = 0; j < T; j++) {
+			int32_t pair;
+			memcpy(&pair, x + (size_t)j * m->xp_stride + (size_t)kp * 4, sizeof(pair));
+			const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
+			KS_UNROLL
+			for (int i = 0; i < G; i++)
+				acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)wv[i], xb);
+		}
+	}
+	if (kp1 < kp_n) {
+		KS_UNROLL
+		for (int i = 0; i < G; i++)
+			KS_UNROLL
+		for (int j = 0; j < T; j++)
+			sv[i * T + j] = acc[i][j];
+		return;
+	}
+	KS_UNROLL
+	for (int i = 0; i < G; i++) {
+		const int32_t r = (g + i) * KERN_R16_ROWS, left = m->rows - r;
+		const __mmask16 k = left >= KERN_R16_ROWS ? (__mmask16)0xffff : ks_mask(left);
+		KS_UNROLL
+		for (int j = 0; j < T; j++)
+			_mm512_mask_storeu_ps(m->y + (size_t)(t + j) * (size_t)m->rows + r, k, acc[i][j]);
+	}
+}
+
+typedef void (*rp_tile_fn)(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp0,
+			   int32_t kp1, __m512 *sv);
+
+#define RP_TILES(T)                                                                                \
+	static __attribute__((noinline)) void rp_1_##T(const struct kern_mm *m, int32_t g,         \
+						       int32_t t, int32_t kp0, int32_t kp1,        \
+						       __m512 *sv)                                 \
+	{                                                                                          \
+		rp_tile(m, g, t, kp0, kp1, sv, 1, T);                                              \
+	}                                                                                          \
+	static __attribute__((noinline)) void rp_2_##T(const struct kern_mm *m, int32_t g,         \
+						       int32_t t, int32_t kp0, int32_t kp1,        \
+						       __m512 *sv)                                 \
+	{                                                                                          \
+		rp_tile(m, g, t, kp0, kp1, sv, 2, T);                                              \
+	}
+
+/* GEMV tiles of three and four panels */
+static __attribute__((noinline)) void rp_3_1(const struct kern_mm *m, int32_t g, int32_t t,
+					     int32_t kp0, int32_t kp1, __m512 *sv)
+{
+	rp_tile(m, g, t, kp0, kp1, sv, 3, 1);
+}
+
+static __attribute__((noinline)) void rp_4_1(const struct kern_mm *m, int32_t g, int32_t t,
+					     int32_t kp0, int32_t kp1, __m512 *sv)
+{
+	rp_tile(m, g, t, kp0, kp1, sv, 4, 1);
+}
+
+RP_TILES(1)
+RP_TILES(2)
+RP_TILES(3)
+RP_TILES(4)
+RP_TILES(5)
+RP_TILES(6)
+RP_TILES(7)
+RP_TILES(8)
+RP_TILES(9)
+RP_TILES(10)
+RP_TILES(11)
+RP_TILES(12)
+
+/* [G - 1][T - 1] */
+static const rp_tile_fn rp_tiles[RP_G][RP_T] = {
+	{rp_1_1, rp_1_2, rp_1_3, rp_1_4, rp_1_5, rp_1_6, rp_1_7, rp_1_8, rp_1_9, rp_1_10, rp_1_11,
+	 rp_1_12},
+	{rp_2_1, rp_2_2, rp_2_3, rp_2_4, rp_2_5, rp_2_6, rp_2_7, rp_2_8, rp_2_9, rp_2_10, rp_2_11,
+	 rp_2_12},
+};
+
+/* Rows [r0, r1) (r0 on a panel; r1 too, or the matrix's end). A call of at most
+ * BF_T tokens (decode, small batches) takes them all in each tile and walks its
+ * panels once, in address order; a GEMM takes RP_RB panels at a time (in L2) through
+ * every token group, in column blocks (the group's activations stay in L1). */
+static void rp_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
+{
+	const int32_t g0 = r0 / KERN_R16_ROWS, g1 = (r1 + KERN_R16_ROWS - 1) / KERN_R16_ROWS;
+	const int32_t kp_n = (m->cols + 1) / 2;
+	if (m->n == 1) { /* one chain per panel: a GEMV wants several in flight */
+		static const rp_tile_fn gv[RP_GV] = {rp_1_1, rp_2_1, rp_3_1, rp_4_1};
+		for (int32_t g = g0; g < g1; g += RP_GV)
+			gv[(g1 - g < RP_GV ? g1 - g : RP_GV) - 1](m, g, 0, 0, kp_n, NULL);
+		return;
+	}
+	if (m->n <= BF_T) {
+		for (int32_t g = g0; g < g1; g += RP_G)
+			rp_tiles[(g1 - g < RP_G ? g1 - g : RP_G) - 1][m->n - 1](m, g, 0, 0, kp_n, NULL);
+		return;
+	}
+	__m512 sv[RP_RB / RP_G][RP_G * RP_T];
+	for (int32_t gb = g0; gb < g1; gb += RP_RB) {
+		const int32_t ge = g1 - gb < RP_RB ? g1 : gb + RP_RB;
+		for (int32_t t = 0; t < m->n; t += RP_T) {
+			const int tn = m->n - t < RP_T ? m->n - t : RP_T;
+			for (int32_t kp = 0; kp < kp_n; kp += RP_KB) {
+				const int32_t kp1 = kp_n - kp < RP_KB ? kp_n : kp + RP_KB;
+				for (int32_t g = gb; g < ge; g += RP_G)
+					rp_tiles[(ge - g < RP_G ? ge - g : RP_G) - 1][tn - 1](
+						m, g, t, kp, kp1, sv[(g - gb) / RP_G]);
+			}
+		}
+	}
+}
+
 void kern__avx512bf16_mm_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 {
+	if (m->dtype == KERN_BF16_R16) {
+		rp_rows(m, r0, r1);
+		return;
+	}
 	if (m->n == 1) {
 		bf_gemv(m, r0, r1);
 		return;

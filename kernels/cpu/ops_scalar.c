@@ -64,7 +64,8 @@ static void scalar_to_f32(enum kern_dtype dt, const void *src, int32_t d, float 
 		for (int32_t i = 0; i < d; i++)
 			dst[i] = kern__bf16_to_f32(h[i]);
 		break;
-	case KERN_Q8_0: /* never reaches here (kern_embed refuses it) */
+	case KERN_Q8_0: /* never reach here (kern_embed refuses them) */
+	case KERN_BF16_R16:
 		break;
 	}
 }

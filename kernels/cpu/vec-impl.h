@@ -152,7 +152,8 @@ static void KS_FN(to_f32)(enum kern_dtype dt, const void *src, int32_t d, float 
 		if (i < d)
 			vf_store_part(dst + i, vf_load_bf16_part(h + i, d - i), d - i);
 		break;
-	case KERN_Q8_0: /* never reaches here (kern_embed refuses it) */
+	case KERN_Q8_0: /* never reach here (kern_embed refuses them) */
+	case KERN_BF16_R16:
 		break;
 	}
 }

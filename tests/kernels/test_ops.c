@@ -190,6 +190,18 @@ static void ref_matmul(const struct wmat *w, const float *x, int32_t n, bool bf1
 
 static const enum kern_dtype dtypes[] = {KERN_F32, KERN_F16, KERN_BF16};
 
+/* src converted to dt by kern_convert in a backend buffer (freed with kern_free). */
+static struct kern_mat conv_of(struct kern_backend *be, const struct kern_mat *src,
+			       enum kern_dtype dt)
+{
+	struct kern_mat q = {.dtype = dt, .rows = src->rows, .cols = src->cols};
+	q.data = kern_alloc(be, kern_mat_bytes(&q));
+	cr_assert_not_null(q.data);
+	struct cm_err err = {0};
+	cr_assert_eq(kern_convert(be, src, &q, &err), CM_OK, "%s", err.msg);
+	return q;
+}
+
 /* Element e of KV head h of the token at slot in a pool array, as kern.h lays it
  * out: [block][head][token in block][head_dim]. */
 static size_t kv_pool_at(const struct kern_kv_layer *kv, int32_t slot, int32_t h, int32_t e)
@@ -327,18 +339,75 @@ Test(matmul, bf16_activations_round_x_once)
 	kern_backend_free(be);
 }
 
+/* KERN_BF16_R16 (panels of 16 rows, pairs of columns; made only by a backend with
+ * bf16 activations): the products of the bf16-rounded activations summed exactly
+ * enough, for rows that fill no panel, odd columns, GEMV, small batches and GEMMs
+ * over several token groups and column blocks. */
+Test(matmul, bf16_r16_weights_match_the_bf16_reference)
+{
+	struct kern_backend *plain = mk(-1, 2, false);
+	cr_assert_eq(kern_weight_dtype(plain, KERN_BF16), KERN_BF16);
+	cr_assert_eq(kern_weight_dtype(plain, KERN_F16), KERN_F16);
+	struct wmat w;
+	wmat_init(&w, KERN_BF16, 17, 33, 1);
+	struct kern_mat r = {.dtype = KERN_BF16_R16, .rows = 17, .cols = 33};
+	cr_assert_eq(kern_mat_bytes(&r), (size_t)32 * 17 * 2 * 2); /* two panels of 17 pairs */
+	r.data = kern_alloc(plain, kern_mat_bytes(&r));
+	struct cm_err err = {0};
+	cr_assert_eq(kern_convert(plain, &w.m, &r, &err), CM_EINVAL);
+	cr_assert(strstr(err.msg, "bf16 activations"), "%s", err.msg);
+	kern_free(plain, (void *)r.data);
+	wmat_fini(&w);
+	kern_backend_free(plain);
+
+	if (top_isa() < KERN_ISA_AVX512BF16)
+		cr_skip_test("no AVX512_BF16 on this CPU");
+	struct kern_backend *be = mk(-1, 2, true);
+	if (!strstr(kern_backend_name(be), "bf16act")) {
+		kern_backend_free(be);
+		cr_skip_test("AVX512_BF16 kernels not compiled in");
+	}
+	cr_assert_eq(kern_weight_dtype(be, KERN_BF16), KERN_BF16_R16);
+	cr_assert_eq(kern_weight_dtype(be, KERN_F32), KERN_F32);
+	static const int32_t shapes[][3] = {
+		/* rows, cols, n: the kernel tests', then column blocks of 1024 over token groups */
+		{1, 1, 1}, {5, 7, 3}, {17, 33, 7}, {9, 255, 13}, {37, 1027, 5}, {64, 64, 1},
+		{3, 100, 9}, {70, 2051, 30}, {48, 64, 8},
+	};
+	for (size_t s = 0; s < CM_ARRAY_LEN(shapes); s++) {
+		int32_t rows = shapes[s][0], cols = shapes[s][1], n = shapes[s][2];
+		wmat_init(&w, KERN_BF16, rows, cols, 700 + s);
+		struct kern_mat p = conv_of(be, &w.m, KERN_BF16_R16);
+		float *x = malloc(sizeof(float) * n * cols), *y = malloc(sizeof(float) * n * rows);
+		double *yb = malloc(sizeof(double) * n * rows);
+		fill(x, (size_t)n * cols, 19 + s, 1.0f);
+		kern_matmul(be, &p, x, n, y);
+		ref_matmul(&w, x, n, true, yb);
+		double e = nerr_d(y, yb, (size_t)n * rows);
+		cr_assert(e < 1e-10, "shape %zu vs bf16-rounded reference: err %g", s, e);
+		free(x);
+		free(y);
+		free(yb);
+		kern_free(be, (void *)p.data);
+		wmat_fini(&w);
+	}
+	kern_backend_free(be);
+}
+
 /* Row x0 alone (n = 1, one thread), at row 3 of 7 and at row 37 of 64 (two threads,
- * then one), among random rows: bit-identical every time. */
+ * then one), among random rows: bit-identical every time. dt KERN_BF16_R16: bf16
+ * weights converted to it. */
 static void check_mm_invariance(int isa, bool bf16, enum kern_dtype dt, int32_t rows, int32_t cols)
 {
 	struct kern_backend *b1 = mk(isa, 1, bf16), *b2 = mk(isa, 2, bf16);
 	struct wmat w;
-	wmat_init(&w, dt, rows, cols, 400 + cols);
+	wmat_init(&w, dt == KERN_BF16_R16 ? KERN_BF16 : dt, rows, cols, 400 + cols);
+	const struct kern_mat wm = dt == KERN_BF16_R16 ? conv_of(b1, &w.m, dt) : w.m;
 	float *x = malloc(sizeof(float) * 64 * cols), *y = malloc(sizeof(float) * 64 * rows);
 	float *y0 = malloc(sizeof(float) * rows);
 	fill(x, (size_t)64 * cols, 13, 1.0f);
 	const float *x0 = x + (size_t)37 * cols;
-	kern_matmul(b1, &w.m, x0, 1, y0);
+	kern_matmul(b1, &wm, x0, 1, y0);
 	const struct {
 		struct kern_backend *be;
 		int32_t n, at;
@@ -347,7 +416,7 @@ static void check_mm_invariance(int isa, bool bf16, enum kern_dtype dt, int32_t 
 	for (size_t r = 0; r < CM_ARRAY_LEN(runs); r++) {
 		fill(xs, (size_t)64 * cols, 50 + r, 1.0f);
 		memcpy(xs + (size_t)runs[r].at * cols, x0, sizeof(float) * cols);
-		kern_matmul(runs[r].be, &w.m, xs, runs[r].n, y);
+		kern_matmul(runs[r].be, &wm, xs, runs[r].n, y);
 		cr_assert(memcmp(y + (size_t)runs[r].at * rows, y0, sizeof(float) * rows) == 0,
 			  "%s dtype %d rows %d cols %d: run %zu differs", kern_backend_name(b1), dt,
 			  rows, cols, r);
@@ -356,6 +425,8 @@ static void check_mm_invariance(int isa, bool bf16, enum kern_dtype dt, int32_t 
 	free(x);
 	free(y);
 	free(y0);
+	if (wm.data != w.m.data)
+		kern_free(b1, (void *)wm.data);
 	wmat_fini(&w);
 	kern_backend_free(b1);
 	kern_backend_free(b2);
@@ -373,6 +444,10 @@ Test(matmul, batch_invariance)
 		check_mm_invariance(KERN_ISA_AVX512BF16, true, KERN_BF16, 130, 64);
 		/* rows in column blocks: 3 of 1024 and a masked rest; 37 rows = 2 rounds */
 		check_mm_invariance(KERN_ISA_AVX512BF16, true, KERN_BF16, 37, 3083);
+		/* panels: a partial one, odd columns, column blocks of 512 pairs */
+		check_mm_invariance(KERN_ISA_AVX512BF16, true, KERN_BF16_R16, 37, 1027);
+		check_mm_invariance(KERN_ISA_AVX512BF16, true, KERN_BF16_R16, 130, 64);
+		check_mm_invariance(KERN_ISA_AVX512BF16, true, KERN_BF16_R16, 37, 3083);
 	}
 }
 
@@ -418,12 +493,7 @@ static const int32_t q8_shapes[][3] = {
 /* src quantised to KERN_Q8_0 in a backend buffer (freed with kern_free). */
 static struct kern_mat q8_of(struct kern_backend *be, const struct kern_mat *src)
 {
-	struct kern_mat q = {.dtype = KERN_Q8_0, .rows = src->rows, .cols = src->cols};
-	q.data = kern_alloc(be, kern_mat_bytes(&q));
-	cr_assert_not_null(q.data);
-	struct cm_err err = {0};
-	cr_assert_eq(kern_convert(be, src, &q, &err), CM_OK, "%s", err.msg);
-	return q;
+	return conv_of(be, src, KERN_Q8_0);
 }
 
 /* The documented quantisation, written independently: weights q = round(w / d)
@@ -604,21 +674,27 @@ Test(q8, convert_errors_and_special_values)
 }
 
 /* Several matrices in one call (q/k/v, gate/up) give each one's kern_matmul bits,
- * on every ISA, for f32 and bf16 activations and q8_0 weights, rows split at any
- * place between the matrices. */
+ * on every ISA, for f32 and bf16 activations, q8_0 and bf16_r16 weights, rows split
+ * at any place between the matrices (bf16_r16: each matrix from a whole panel). */
 Test(matmul, multi_matrix_call_equals_single_calls)
 {
 	const int32_t cols = 96, rows[3] = {37, 16, 5}, ns[3] = {1, 7, 64};
 	for (int isa = 0; isa <= top_isa(); isa++)
-		for (int mode = 0; mode < 3; mode++) { /* f32 act, bf16 act, q8_0 */
-			bool bf16 = mode == 1 && isa >= KERN_ISA_AVX512BF16;
+		for (int mode = 0; mode < 4; mode++) { /* f32 act, bf16 act, q8_0, bf16_r16 */
+			bool bf16 = (mode == 1 || mode == 3) && isa >= KERN_ISA_AVX512BF16;
 			struct kern_backend *be = mk(isa, 2, bf16);
+			if (mode == 3 && kern_weight_dtype(be, KERN_BF16) != KERN_BF16_R16) {
+				kern_backend_free(be);
+				continue;
+			}
 			struct wmat w[3];
 			struct kern_mat q[3];
 			const struct kern_mat *mats[3];
 			for (int i = 0; i < 3; i++) {
 				wmat_init(&w[i], KERN_BF16, rows[i], cols, 1000 + i);
-				q[i] = mode == 2 ? q8_of(be, &w[i].m) : w[i].m;
+				q[i] = mode == 2   ? q8_of(be, &w[i].m)
+				       : mode == 3 ? conv_of(be, &w[i].m, KERN_BF16_R16)
+						   : w[i].m;
 				mats[i] = &q[i];
 			}
 			float *x = malloc(sizeof(float) * 64 * cols);
@@ -641,7 +717,7 @@ Test(matmul, multi_matrix_call_equals_single_calls)
 				}
 			}
 			for (int i = 0; i < 3; i++) {
-				if (mode == 2)
+				if (mode >= 2)
 					kern_free(be, (void *)q[i].data);
 				wmat_fini(&w[i]);
 			}

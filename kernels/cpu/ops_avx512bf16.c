@@ -469,6 +469,7 @@ double kern__avx512bf16_bench(int64_t iters)
 #define BA_HD 256 /* most head_dim (cpu.c: KERN_CPU_ATTN_BF16_HD) */
 _Static_assert(BA_HD == KERN_CPU_ATTN_BF16_HD, "one limit");
 #define BA_NP 4	  /* (query, head) pairs per pass over a chunk */
+#define BA_PVD 4  /* 16-dim blocks of the values per pass (BA_NP x BA_PVD accumulators) */
 
 /* A head's max is raised only when a score exceeds it by more than this, so that
  * most chunks skip the horizontal max and the rescaling (weights then reach
@@ -641,8 +642,8 @@ KS_INLINE void ba_softmax(struct ba_state *st, __m512 s, int cn, int32_t hd, flo
 KS_INLINE void ba_pv(struct ba_state *const *st, uint32_t (*pb)[VL / 2], const int *cn, int np,
 		     const __m512i *vt, int32_t hd, int b, const int D, const bool ALL)
 {
-	int n[2], cmax = 0;
-	__m512 a[BA_NP][2];
+	int n[BA_PVD], cmax = 0;
+	__m512 a[BA_NP][BA_PVD];
 	KS_UNROLL
 	for (int e = 0; e < D; e++)
 		n[e] = hd - VL * (b + e) < VL ? hd - VL * (b + e) : VL;
@@ -657,7 +658,7 @@ KS_INLINE void ba_pv(struct ba_state *const *st, uint32_t (*pb)[VL / 2], const i
 		}
 	}
 	for (int i = 0; 2 * i + 1 < cmax; i++) {
-		__m512i v[2];
+		__m512i v[BA_PVD];
 		KS_UNROLL
 		for (int e = 0; e < D; e++)
 			v[e] = vt[(b + e) * (VL / 2) + i];
@@ -712,12 +713,14 @@ static void ba_chunk(struct ba_state *const *sg, const int *cn, int np, int cmax
 		all = all && cn[u] == cn[0];
 	const int nb = (hd + VL - 1) / VL;
 	int b = 0;
-	for (; b + 2 <= nb; b += 2) {
+	for (; b + BA_PVD <= nb; b += BA_PVD) {
 		if (all)
-			ba_pv(st, pb, cn, np, vt, hd, b, 2, true);
+			ba_pv(st, pb, cn, np, vt, hd, b, BA_PVD, true);
 		else
-			ba_pv(st, pb, cn, np, vt, hd, b, 2, false);
+			ba_pv(st, pb, cn, np, vt, hd, b, BA_PVD, false);
 	}
+	for (; b + 2 <= nb; b += 2)
+		ba_pv(st, pb, cn, np, vt, hd, b, 2, false);
 	if (b < nb)
 		ba_pv(st, pb, cn, np, vt, hd, b, 1, false);
 }

@@ -948,25 +948,30 @@ struct cpu_convert_job {
 	const struct kern_mat *dst;
 };
 
-/* Panels [g0, g1) of a KERN_BF16_R16 dst from its KERN_BF16 src (kern.h). */
+/* Panels [g0, g1) of a KERN_BF16_R16 dst from its KERN_BF16 src (kern.h): each
+ * row read in order, its pairs written 64 bytes apart. */
 static void cpu_r16_panels(const struct kern_mat *src, const struct kern_mat *dst, int32_t g0,
 			   int32_t g1)
 {
-	const uint16_t *s = src->data;
-	const int32_t kp_n = (src->cols + 1) / 2;
-	for (int32_t g = g0; g < g1; g++) {
-		uint16_t *d = (uint16_t *)dst->data + (size_t)g * (size_t)kp_n * 2 * KERN_R16_ROWS;
-		for (int32_t kp = 0; kp < kp_n; kp++)
-			for (int32_t i = 0; i < KERN_R16_ROWS; i++, d += 2) {
-				const int32_t r = g * KERN_R16_ROWS + i, k = 2 * kp;
-				d[0] = d[1] = 0;
-				if (r < src->rows) {
-					const uint16_t *row = s + (size_t)r * (size_t)src->cols;
-					d[0] = row[k];
-					d[1] = k + 1 < src->cols ? row[k + 1] : 0;
-				}
+	const int32_t cols = src->cols, kp_n = (cols + 1) / 2, full = cols / 2;
+	for (int32_t g = g0; g < g1; g++)
+		for (int32_t i = 0; i < KERN_R16_ROWS; i++) {
+			const int32_t r = g * KERN_R16_ROWS + i;
+			uint16_t *d = (uint16_t *)dst->data +
+				      ((size_t)g * (size_t)kp_n * KERN_R16_ROWS + (size_t)i) * 2;
+			if (r >= src->rows) {
+				for (int32_t kp = 0; kp < kp_n; kp++)
+					memset(d + (size_t)kp * 2 * KERN_R16_ROWS, 0, 4);
+				continue;
 			}
-	}
+			const uint16_t *row = (const uint16_t *)src->data + (size_t)r * (size_t)cols;
+			for (int32_t kp = 0; kp < full; kp++)
+				memcpy(d + (size_t)kp * 2 * KERN_R16_ROWS, row + 2 * kp, 4);
+			if (full < kp_n) { /* an odd last column, paired with zero */
+				d[(size_t)full * 2 * KERN_R16_ROWS] = row[cols - 1];
+				d[(size_t)full * 2 * KERN_R16_ROWS + 1] = 0;
+			}
+		}
 }
 
 static void cpu_convert_range(void *arg, int32_t r0, int32_t r1)

@@ -255,18 +255,22 @@ static int32_t bf_rows_kblocked(const struct kern_mm *m, int32_t rb, int32_t re,
  * gets the same bits alone (GEMV) and in a batch (GEMM) by construction. */
 #define RP_G  2	  /* panels per tile */
 #define RP_GV 4	  /* panels per tile of a GEMV (four chains of vdpbf16ps in flight) */
+#define RP_PF_KP 512 /* a small batch's tiles prefetch when panels are this short (pairs) */
 #define RP_T  12  /* most tokens per tile (2 x 12 accumulators) */
 #define RP_KB 512 /* column pairs per block of a GEMM row (accumulators parked between) */
 #define RP_RB 4	  /* panels per cache block of a GEMM (CPU_MM_GEMM_GRAIN rows) */
 
 /* Column pairs [kp0, kp1) of the tile at panel g, token t: from the accumulators
- * in sv unless kp0 = 0, back into sv unless the row ends at kp1, else stored. */
+ * in sv unless kp0 = 0, back into sv unless the row ends at kp1, else stored.
+ * pf: also prefetch, step by step, the next tile's last panel, the one stream the
+ * next tile starts afresh (its first panel continues this tile's last). */
 KS_INLINE void rp_tile(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp0, int32_t kp1,
-		       __m512 *sv, const int G, const int T)
+		       __m512 *sv, bool pf, const int G, const int T)
 {
 	const int32_t kp_n = (m->cols + 1) / 2;
 	const size_t ps = (size_t)kp_n * 2 * KERN_R16_ROWS; /* bf16 per panel */
 	const uint16_t *w = (const uint16_t *)m->w + (size_t)g * ps;
+	pf = pf && (g + 2 * G) * KERN_R16_ROWS <= m->rows;
 	const char *x = (const char *)m->xp + (size_t)t * m->xp_stride;
 	__m512 acc[RP_GV][RP_T];
 	KS_UNROLL
@@ -279,6 +283,10 @@ KS_INLINE void rp_tile(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp
 		KS_UNROLL
 		for (int i = 0; i < G; i++)
 			wv[i] = _mm512_load_si512(w + i * ps + (size_t)kp * 2 * KERN_R16_ROWS);
+		if (pf)
+			_mm_prefetch((const char *)(w + (2 * G - 1) * ps +
+						    (size_t)kp * 2 * KERN_R16_ROWS),
+				     _MM_HINT_T1);
 		KS_UNROLL
 		for (int j = 0; j < T; j++) {
 			int32_t pair;
@@ -308,33 +316,33 @@ KS_INLINE void rp_tile(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp
 }
 
 typedef void (*rp_tile_fn)(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp0,
-			   int32_t kp1, __m512 *sv);
+			   int32_t kp1, __m512 *sv, bool pf);
 
 #define RP_TILES(T)                                                                                \
 	static __attribute__((noinline)) void rp_1_##T(const struct kern_mm *m, int32_t g,         \
 						       int32_t t, int32_t kp0, int32_t kp1,        \
-						       __m512 *sv)                                 \
+						       __m512 *sv, bool pf)                        \
 	{                                                                                          \
-		rp_tile(m, g, t, kp0, kp1, sv, 1, T);                                              \
+		rp_tile(m, g, t, kp0, kp1, sv, pf, 1, T);                                          \
 	}                                                                                          \
 	static __attribute__((noinline)) void rp_2_##T(const struct kern_mm *m, int32_t g,         \
 						       int32_t t, int32_t kp0, int32_t kp1,        \
-						       __m512 *sv)                                 \
+						       __m512 *sv, bool pf)                        \
 	{                                                                                          \
-		rp_tile(m, g, t, kp0, kp1, sv, 2, T);                                              \
+		rp_tile(m, g, t, kp0, kp1, sv, pf, 2, T);                                          \
 	}
 
 /* GEMV tiles of three and four panels */
 static __attribute__((noinline)) void rp_3_1(const struct kern_mm *m, int32_t g, int32_t t,
-					     int32_t kp0, int32_t kp1, __m512 *sv)
+					     int32_t kp0, int32_t kp1, __m512 *sv, bool pf)
 {
-	rp_tile(m, g, t, kp0, kp1, sv, 3, 1);
+	rp_tile(m, g, t, kp0, kp1, sv, pf, 3, 1);
 }
 
 static __attribute__((noinline)) void rp_4_1(const struct kern_mm *m, int32_t g, int32_t t,
-					     int32_t kp0, int32_t kp1, __m512 *sv)
+					     int32_t kp0, int32_t kp1, __m512 *sv, bool pf)
 {
-	rp_tile(m, g, t, kp0, kp1, sv, 4, 1);
+	rp_tile(m, g, t, kp0, kp1, sv, pf, 4, 1);
 }
 
 RP_TILES(1)
@@ -369,12 +377,15 @@ static void rp_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 	if (m->n == 1) { /* one chain per panel: a GEMV wants several in flight */
 		static const rp_tile_fn gv[RP_GV] = {rp_1_1, rp_2_1, rp_3_1, rp_4_1};
 		for (int32_t g = g0; g < g1; g += RP_GV)
-			gv[(g1 - g < RP_GV ? g1 - g : RP_GV) - 1](m, g, 0, 0, kp_n, NULL);
+			gv[(g1 - g < RP_GV ? g1 - g : RP_GV) - 1](m, g, 0, 0, kp_n, NULL, false);
 		return;
 	}
 	if (m->n <= BF_T) {
+		/* short panels: the hardware prefetcher is slow to take up each new stream
+		 * (8 tokens, 1024 columns: 6-12 % faster with, longer rows 2-17 % slower) */
 		for (int32_t g = g0; g < g1; g += RP_G)
-			rp_tiles[(g1 - g < RP_G ? g1 - g : RP_G) - 1][m->n - 1](m, g, 0, 0, kp_n, NULL);
+			rp_tiles[(g1 - g < RP_G ? g1 - g : RP_G) - 1][m->n - 1](
+				m, g, 0, 0, kp_n, NULL, kp_n <= RP_PF_KP);
 		return;
 	}
 	__m512 sv[RP_RB / RP_G][RP_G * RP_T];
@@ -386,7 +397,7 @@ static void rp_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 				const int32_t kp1 = kp_n - kp < RP_KB ? kp_n : kp + RP_KB;
 				for (int32_t g = gb; g < ge; g += RP_G)
 					rp_tiles[(ge - g < RP_G ? ge - g : RP_G) - 1][tn - 1](
-						m, g, t, kp, kp1, sv[(g - gb) / RP_G]);
+						m, g, t, kp, kp1, sv[(g - gb) / RP_G], false);
 			}
 		}
 	}

@@ -91,7 +91,7 @@ const struct cm_opt tandem_opt_table[] = {
 	{ "mmap", CM_OPT_BOOL, CMD_GENERATE | CMD_BENCH, OFF(mmap_weights), "false", 0, 0, NULL,
 	  NULL, NULL,
 	  "Use the weights in place in the file mapping instead of copying them into huge pages "
-	  "(less memory, slower decode; ignored with --quantize q8)." },
+	  "(less memory; slower decode, and slower prefill with bf16 activations, whose copy is reordered for vdpbf16ps; ignored with --quantize q8)." },
 	{ "activations", CM_OPT_ENUM, CMD_GENERATE | CMD_BENCH, OFF(activations), "auto", 0, 0,
 	  "auto|f32|bf16", "TANDEM_ACTIVATIONS", "A",
 	  "Precision of matmul inputs on bf16 weights: bf16 uses the CPU's bf16 dot product "

@@ -994,7 +994,7 @@ static int cpu_convert(struct kern_backend *be, const struct kern_mat *src, stru
 		       struct cm_err *err)
 {
 	struct kern_cpu *c = cpu_of(be);
-	bool q8 = dst->dtype == KERN_Q8_0 && src->dtype != KERN_Q8_0;
+	bool q8 = dst->dtype == KERN_Q8_0 && kern_dtype_size(src->dtype) != 0;
 	bool r16 = dst->dtype == KERN_BF16_R16 && src->dtype == KERN_BF16;
 	if (!q8 && !r16 && dst->dtype != src->dtype)
 		return cm_err_set(err, CM_EINVAL, "convert: dtype %d to %d is not supported",

@@ -369,6 +369,18 @@ Test(matmul, bf16_r16_weights_match_the_bf16_reference)
 	}
 	cr_assert_eq(kern_weight_dtype(be, KERN_BF16), KERN_BF16_R16);
 	cr_assert_eq(kern_weight_dtype(be, KERN_F32), KERN_F32);
+	{ /* panels are made from bf16 only, and become nothing else */
+		wmat_init(&w, KERN_F32, 32, 64, 2);
+		struct kern_mat p = {.dtype = KERN_BF16_R16, .rows = 32, .cols = 64};
+		p.data = kern_alloc(be, kern_mat_bytes(&p));
+		cr_assert_eq(kern_convert(be, &w.m, &p, &err), CM_EINVAL);
+		struct kern_mat q = {.dtype = KERN_Q8_0, .rows = 32, .cols = 64};
+		q.data = kern_alloc(be, kern_mat_bytes(&q));
+		cr_assert_eq(kern_convert(be, &p, &q, &err), CM_EINVAL);
+		kern_free(be, (void *)q.data);
+		kern_free(be, (void *)p.data);
+		wmat_fini(&w);
+	}
 	static const int32_t shapes[][3] = {
 		/* rows, cols, n: the kernel tests', then column blocks of 1024 over token groups */
 		{1, 1, 1}, {5, 7, 3}, {17, 33, 7}, {9, 255, 13}, {37, 1027, 5}, {64, 64, 1},

@@ -106,18 +106,6 @@ static double timed(struct kern_backend *be, const struct shape *sh, struct weig
 	return (double)(t1 - t0) * 1e-6 / calls;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static int usage(void)
 {
 	fprintf(stderr, "usage: bench_matmul [--threads N] [--tokens N[,N...]] [--shape NAME] "
@@ -216,7 +204,7 @@ int main(int argc, char **argv)
 					per[k][sl] = timed(be, sh, &w[k], x, n, y, seconds / SLICES);
 			double flops = 2.0 * rows * sh->cols * n, rate[2];
 			for (int k = 0; k < sets; k++) {
-				rate[k] = 1.0 / median(per[k], SLICES);
+				rate[k] = 1.0 / cm_median(per[k], (size_t)SLICES);
 				double gbps = (double)kern_mat_bytes(&(struct kern_mat){
 						      .dtype = k ? KERN_BF16 : wdt, .rows = rows,
 						      .cols = sh->cols}) *

@@ -169,12 +169,6 @@ static char *build_text(size_t want, size_t *len)
 	return buf;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
 /* Encodes text in calls of chunk bytes (0: one call); returns seconds. */
 static double encode_time(const struct md_tok *tok, const char *text, size_t len, size_t chunk,
 			  unsigned flags, size_t *n_tok)
@@ -208,8 +202,7 @@ static void report(const char *what, const struct md_tok *tok, const char *text,
 	size_t n_tok = 0;
 	for (int r = 0; r < RUNS; r++)
 		t[r] = encode_time(tok, text, len, chunk, flags, &n_tok);
-	qsort(t, RUNS, sizeof(double), cmp_double);
-	double mbs = (double)len / 1e6 / t[RUNS / 2];
+	double mbs = (double)len / 1e6 / cm_median(t, RUNS);
 	printf("%-34s %8.2f MB/s  (%.2fx the %.0f MB/s target; %zu tokens, %.2f bytes/token)\n",
 	       what, mbs, mbs / TARGET_MBS, TARGET_MBS, n_tok, (double)len / (double)n_tok);
 }

@@ -191,6 +191,13 @@ int cm_cpu_count(void);
 /* Monotonic clock, µs. */
 int64_t cm_time_us(void);
 
+/* ---- statistics (benchmarks) ---------------------------------------------- */
+
+/* Sorts v[0..n) ascending. */
+void cm_sort_doubles(double *v, size_t n);
+/* The median of v[0..n) (n > 0), which it sorts. */
+double cm_median(double *v, size_t n);
+
 /* ---- small helpers ----------------------------------------------------- */
 
 #define CM_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))

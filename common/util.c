@@ -98,3 +98,20 @@ int cm_file_write(const char *path, const void *data, size_t len, struct cm_err 
 	free(tmp);
 	return CM_OK;
 }
+
+static int cm_cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+void cm_sort_doubles(double *v, size_t n)
+{
+	qsort(v, n, sizeof(*v), cm_cmp_double);
+}
+
+double cm_median(double *v, size_t n)
+{
+	cm_sort_doubles(v, n);
+	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}

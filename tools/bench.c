@@ -107,18 +107,6 @@ struct bench {
 	bool bf16;                    /* b->be has bf16 activations */
 };
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static uint64_t bench_rand(struct bench *b)
 {
 	uint64_t x = b->rng;
@@ -245,8 +233,8 @@ static int bench_measure(struct bench *b, struct wk_model *m, bool prefill, int3
 			    prefill ? "prefill" : "decode", n, r, v[r], reads[n_reads - 2 * per],
 			    reads[n_reads - 1], prefill ? "GFLOP/s" : "GB/s");
 	}
-	out->tok_s = median(v, runs);
-	out->limit = median(reads, n_reads);
+	out->tok_s = cm_median(v, (size_t)runs);
+	out->limit = cm_median(reads, (size_t)n_reads);
 out:
 	wk_engine_free(e);
 	free(reads);

@@ -116,12 +116,6 @@ static void samples_add(struct bsv_samples *s, double v)
 	s->v[s->n++] = v;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
 /* ---- workloads ------------------------------------------------------------- */
 
 static void count_unit(void *ud, int32_t index, const int32_t *ids, int32_t n)
@@ -549,7 +543,7 @@ static struct bsv_stat stat_of(struct bsv_samples *s)
 	struct bsv_stat st = {.n = s->n};
 	if (!s->n)
 		return st;
-	qsort(s->v, s->n, sizeof(double), cmp_double);
+	cm_sort_doubles(s->v, s->n);
 	for (size_t i = 0; i < s->n; i++)
 		st.mean += s->v[i] / (double)s->n;
 	st.p50 = pct(s->v, s->n, 50);

@@ -116,3 +116,15 @@ Test(time, monotonic)
 	int64_t a = cm_time_us(), b = cm_time_us();
 	cr_assert_geq(b, a);
 }
+
+Test(stats, median_of_odd_and_even_counts_sorts_in_place)
+{
+	double odd[] = {3, -1, 2, 9, 0.5};
+	cr_assert_float_eq(cm_median(odd, 5), 2.0, 0);
+	for (int i = 1; i < 5; i++)
+		cr_assert_leq(odd[i - 1], odd[i]);
+	double even[] = {4, 1, 3, 2};
+	cr_assert_float_eq(cm_median(even, 4), 2.5, 0);
+	double one[] = {7};
+	cr_assert_float_eq(cm_median(one, 1), 7.0, 0);
+}

@@ -8,7 +8,8 @@
  *
  * Memory: activations, scratch and the KV pool are backend buffers
  * (kern_alloc); weights are kern_mat views, used in place on the CPU (the mmap)
- * and uploaded once on a GPU.
+ * or copied once into a backend buffer in the order the backend's matmul wants
+ * (kern_weight_dtype, kern_convert), and uploaded once on a GPU.
  *
  * Determinism: every op computes each output row from its own input row with a
  * fixed order of operations, whatever the number of rows, threads or the other

@@ -198,4 +198,20 @@ static inline void kern__attn_rows(const struct kern_kv_layer *kv, const struct 
 	}
 }
 
+/* Prefetches the keys and values of the tokens [c0, c0 + n) of KV head kvh. A
+ * chunk that few heads share (decode) is read once, from memory: fetching the
+ * next one while this one is computed hides that (docs/performance.md, item 18). */
+static inline void kern__attn_prefetch(const struct kern_kv_layer *kv,
+				       const struct kern_kv_seg *seg, int32_t c0, int n, int32_t kvh)
+{
+	const size_t rb = (size_t)kv->head_dim * (kv->dtype == KERN_F16 ? 2 : 4);
+	for (int j = 0; j < n; j++) {
+		const size_t off = kern__kv_off(kv, kern__kv_slot(seg, kv->block_size, c0 + j), kvh);
+		for (size_t b = 0; b < rb; b += 64) {
+			__builtin_prefetch((const char *)kv->k + off + b);
+			__builtin_prefetch((const char *)kv->v + off + b);
+		}
+	}
+}
+
 #endif

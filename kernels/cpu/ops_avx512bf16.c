@@ -780,6 +780,10 @@ void kern__avx512bf16_attn_part(const struct kern_attn_params *p, const float *q
 			kern__attn_rows(kv, seg, c0, cmax, (h0 + ha) / g, kh, vh);
 			/* few heads on this chunk (decode): no transpose */
 			const bool rows = nq * (hb - ha) < BA_NP;
+			if (rows && c0 + VL < tend)
+				kern__attn_prefetch(kv, seg, c0 + VL,
+						    tend - c0 - VL < VL ? tend - c0 - VL : VL,
+						    (h0 + ha) / g);
 			ba_convert(kh, vh, cmax, hd, f16, rows, kt, vt);
 			struct ba_state *sg[BA_NP];
 			int cg[BA_NP], ng = 0;

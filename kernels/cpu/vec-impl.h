@@ -522,6 +522,10 @@ static void KS_FN(attn_part)(const struct kern_attn_params *p, const float *q, c
 			const char *kh[VL], *vh[VL];
 			bool dense = nq * (hb - ha) >= 4 && hd <= KS_ATTN_COPY_HD;
 			kern__attn_rows(kv, seg, c0, cmax, (h0 + ha) / g, kh, vh);
+			if (!dense && c0 + VL < tend)
+				kern__attn_prefetch(kv, seg, c0 + VL,
+						    tend - c0 - VL < VL ? tend - c0 - VL : VL,
+						    (h0 + ha) / g);
 			if (dense) {
 				ks_attn_gather_t(kh, cmax, hd, f16, ktbuf);
 				ks_attn_gather(vh, cmax, hd, f16, vbuf);

@@ -135,6 +135,20 @@ static int top_isa(void)
 	return (int)kern_cpu_detect_isa();
 }
 
+/* A two-thread backend with bf16 activations; skips the test where the CPU or the
+ * build has no AVX512_BF16. */
+static struct kern_backend *mk_bf16_or_skip(void)
+{
+	if (top_isa() < KERN_ISA_AVX512BF16)
+		cr_skip_test("no AVX512_BF16 on this CPU");
+	struct kern_backend *be = mk(-1, 2, true);
+	if (!strstr(kern_backend_name(be), "bf16act")) {
+		kern_backend_free(be);
+		cr_skip_test("AVX512_BF16 kernels not compiled in");
+	}
+	return be;
+}
+
 /* A weight matrix of dtype dt with random values of about unit scale. */
 struct wmat {
 	struct kern_mat m;
@@ -309,13 +323,7 @@ Test(matmul, every_isa_matches_scalar)
 
 Test(matmul, bf16_activations_round_x_once)
 {
-	if (top_isa() < KERN_ISA_AVX512BF16)
-		cr_skip_test("no AVX512_BF16 on this CPU");
-	struct kern_backend *be = mk(-1, 2, true);
-	if (!strstr(kern_backend_name(be), "bf16act")) {
-		kern_backend_free(be);
-		cr_skip_test("AVX512_BF16 kernels not compiled in");
-	}
+	struct kern_backend *be = mk_bf16_or_skip();
 	for (size_t s = 0; s < CM_ARRAY_LEN(mm_shapes); s++) {
 		int32_t rows = mm_shapes[s][0], cols = mm_shapes[s][1], n = mm_shapes[s][2];
 		struct wmat w;
@@ -360,13 +368,7 @@ Test(matmul, bf16_r16_weights_match_the_bf16_reference)
 	wmat_fini(&w);
 	kern_backend_free(plain);
 
-	if (top_isa() < KERN_ISA_AVX512BF16)
-		cr_skip_test("no AVX512_BF16 on this CPU");
-	struct kern_backend *be = mk(-1, 2, true);
-	if (!strstr(kern_backend_name(be), "bf16act")) {
-		kern_backend_free(be);
-		cr_skip_test("AVX512_BF16 kernels not compiled in");
-	}
+	struct kern_backend *be = mk_bf16_or_skip();
 	cr_assert_eq(kern_weight_dtype(be, KERN_BF16), KERN_BF16_R16);
 	cr_assert_eq(kern_weight_dtype(be, KERN_F32), KERN_F32);
 	{ /* panels are made from bf16 only, and become nothing else */

@@ -95,6 +95,10 @@ void kern__avx512bf16_attn_part(const struct kern_attn_params *p, const float *q
 				int32_t t0, const int32_t *t1, const struct kern_attn_state *st);
 #endif
 #define KERN_CPU_ATTN_BF16_HD 256
+/* The activations of a call with KERN_BF16_R16 weights are packed in groups of
+ * this many tokens (ops_avx512bf16.c), so its mm_pack takes whole groups: [t0, t1)
+ * starts on a group and ends on one or at the call's last token. */
+#define KERN_CPU_R16_TOKENS 12
 
 #if KERN_HAVE_AVX512BF16
 /* iters rounds of independent vdpbf16ps; returns the multiply-adds done. */

@@ -335,7 +335,8 @@ static void cpu_matmul(struct kern_backend *be, int n_w, const struct kern_mat *
 		for (int i = 0; i < n_w; i++)
 			j.part[i].yc = j.part[i].y + (size_t)t0 * (size_t)j.part[i].rows;
 		if (stride)
-			cpu_parallel(c, tn, 1, (int64_t)tn * cols, cpu_mm_pack_range, &j);
+			cpu_parallel(c, tn, r16 ? KERN_CPU_R16_TOKENS : 1, (int64_t)tn * cols,
+				     cpu_mm_pack_range, &j);
 		cpu_parallel_steal(c, rows, tn > CPU_MM_GEMM_TOKENS ? CPU_MM_GEMM_GRAIN : CPU_MM_GRAIN,
 				   (int64_t)rows * cols * tn, CPU_MM_PIECE_WORK, cpu_mm_rows_range, &j);
 	}

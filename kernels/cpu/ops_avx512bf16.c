@@ -28,23 +28,31 @@ size_t kern__avx512bf16_mm_pack_stride(const struct kern_mm *m)
 	return (size_t)((m->cols + BF_STEP - 1) / BF_STEP * BF_STEP) * sizeof(uint16_t);
 }
 
+/* Columns [k, k + 32) of a row of x as 16 bf16 pairs (zeros past cols). */
+KS_INLINE __m512i bf_pairs(const float *x, int32_t k, int32_t cols)
+{
+	if (cols - k >= BF_STEP)
+		return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + k + 16),
+						    _mm512_loadu_ps(x + k));
+	const int32_t rem = cols - k;
+	__m512 lo = _mm512_maskz_loadu_ps(ks_mask(rem < 16 ? rem : 16), x + k);
+	__m512 hi = _mm512_maskz_loadu_ps(ks_mask(rem > 16 ? rem - 16 : 0), x + k + 16);
+	return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+static void rp_pack(const struct kern_mm *m, int32_t t0, int32_t t1);
+
 void kern__avx512bf16_mm_pack(const struct kern_mm *m, int32_t t0, int32_t t1)
 {
-	const int32_t kfull = m->cols / BF_STEP * BF_STEP, rem = m->cols - kfull;
+	if (m->dtype == KERN_BF16_R16 && m->n > BF_T) {
+		rp_pack(m, t0, t1);
+		return;
+	}
 	for (int32_t t = t0; t < t1; t++) {
 		const float *x = m->x + (size_t)t * (size_t)m->cols;
 		uint16_t *xp = (uint16_t *)((char *)m->xp + (size_t)t * m->xp_stride);
-		for (int32_t k = 0; k < kfull; k += BF_STEP) {
-			__m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + k + 16),
-							 _mm512_loadu_ps(x + k));
-			_mm512_storeu_si512(xp + k, (__m512i)v);
-		}
-		if (rem) {
-			__m512 lo = _mm512_maskz_loadu_ps(ks_mask(rem < 16 ? rem : 16), x + kfull);
-			__m512 hi = _mm512_maskz_loadu_ps(ks_mask(rem > 16 ? rem - 16 : 0),
-							  x + kfull + 16);
-			_mm512_storeu_si512(xp + kfull, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-		}
+		for (int32_t k = 0; k < m->cols; k += BF_STEP)
+			_mm512_storeu_si512(xp + k, bf_pairs(x, k, m->cols));
 	}
 }
 
@@ -256,22 +264,54 @@ static int32_t bf_rows_kblocked(const struct kern_mm *m, int32_t rb, int32_t re,
 #define RP_G  2	  /* panels per tile */
 #define RP_GV 4	  /* panels per tile of a GEMV (four chains of vdpbf16ps in flight) */
 #define RP_PF_KP 512 /* a small batch's tiles prefetch when panels are this short (pairs) */
-#define RP_T  12  /* most tokens per tile (2 x 12 accumulators) */
+#define RP_T	 KERN_CPU_R16_TOKENS /* most tokens per tile (2 x 12 accumulators) */
 #define RP_KB 512 /* column pairs per block of a GEMM row (accumulators parked between) */
 #define RP_RB 4	  /* panels per cache block of a GEMM (CPU_MM_GEMM_GRAIN rows) */
+
+/* The activations of a GEMM (more than BF_T tokens) with KERN_BF16_R16 weights, in
+ * the order its tiles read them: tokens in groups of RP_T (the last one shorter)
+ * from the group's first token's row on, a group of g tokens holding for each
+ * column pair k the g tokens' bf16 pairs side by side (at k g + token), so that a
+ * tile reads its tokens' pairs from one pointer (with a pointer per token, 2 x 12
+ * tiles ran out of registers). Tokens [t0, t1): whole groups (cpu.c), so that no
+ * two threads write one cache line. Fewer tokens keep a row each (in a tile of 8
+ * tokens over rows streamed from memory, 5-12 % faster than a group). */
+static void rp_pack(const struct kern_mm *m, int32_t t0, int32_t t1)
+{
+	const int32_t kp_n = (m->cols + 1) / 2;
+	CM_ASSERT(t0 % RP_T == 0 && (t1 % RP_T == 0 || t1 == m->n));
+	for (int32_t ga = t0; ga < t1; ga += RP_T) {
+		const int gn = m->n - ga < RP_T ? m->n - ga : RP_T;
+		uint32_t *xg = (uint32_t *)((char *)m->xp + (size_t)ga * m->xp_stride);
+		for (int32_t kb = 0; kb < kp_n; kb += VL) {
+			vf r[VL];
+			KS_UNROLL
+			for (int j = 0; j < VL; j++) {
+				const float *xr = m->x + (size_t)(ga + j) * (size_t)m->cols;
+				r[j] = j < gn ? (vf)bf_pairs(xr, 2 * kb, m->cols) : vf_zero();
+			}
+			vf_transpose(r);
+			const int kn = kp_n - kb < VL ? kp_n - kb : VL;
+			for (int k = 0; k < kn; k++)
+				_mm512_mask_storeu_epi32(xg + (size_t)(kb + k) * (size_t)gn,
+							 ks_mask(gn), (__m512i)r[k]);
+		}
+	}
+}
 
 /* Column pairs [kp0, kp1) of the tile at panel g, token t: from the accumulators
  * in sv unless kp0 = 0, back into sv unless the row ends at kp1, else stored.
  * pf: also prefetch, step by step, the next tile's last panel, the one stream the
  * next tile starts afresh (its first panel continues this tile's last). */
 KS_INLINE void rp_tile(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp0, int32_t kp1,
-		       __m512 *sv, bool pf, const int G, const int T)
+		       __m512 *sv, bool pf, const int G, const int T, const bool GRP)
 {
 	const int32_t kp_n = (m->cols + 1) / 2;
 	const size_t ps = (size_t)kp_n * 2 * KERN_R16_ROWS; /* bf16 per panel */
 	const uint16_t *w = (const uint16_t *)m->w + (size_t)g * ps;
 	pf = pf && (g + 2 * G) * KERN_R16_ROWS <= m->rows;
-	const char *x = (const char *)m->xp + (size_t)t * m->xp_stride;
+	const uint32_t *x = (const uint32_t *)((const char *)m->xp + (size_t)t * m->xp_stride);
+	const size_t xs = m->xp_stride / sizeof(uint32_t); /* a token's row (!GRP) */
 	__m512 acc[RP_GV][RP_T];
 	KS_UNROLL
 	for (int i = 0; i < G; i++)
@@ -289,9 +329,8 @@ KS_INLINE void rp_tile(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp
 				     _MM_HINT_T1);
 		KS_UNROLL
 		for (int j = 0; j < T; j++) {
-			int32_t pair;
-			memcpy(&pair, x + (size_t)j * m->xp_stride + (size_t)kp * 4, sizeof(pair));
-			const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
+			const uint32_t pair = GRP ? x[(size_t)kp * T + j] : x[j * xs + (size_t)kp];
+			const __m512bh xb = (__m512bh)_mm512_set1_epi32((int)pair);
 			KS_UNROLL
 			for (int i = 0; i < G; i++)
 				acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)wv[i], xb);
@@ -318,32 +357,20 @@ KS_INLINE void rp_tile(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp
 typedef void (*rp_tile_fn)(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp0,
 			   int32_t kp1, __m512 *sv, bool pf);
 
-#define RP_TILES(T)                                                                                \
-	static __attribute__((noinline)) void rp_1_##T(const struct kern_mm *m, int32_t g,         \
-						       int32_t t, int32_t kp0, int32_t kp1,        \
-						       __m512 *sv, bool pf)                        \
+#define RP_TILE(NAME, G, T, GRP)                                                                   \
+	static __attribute__((noinline)) void NAME(const struct kern_mm *m, int32_t g, int32_t t,  \
+						   int32_t kp0, int32_t kp1, __m512 *sv, bool pf)  \
 	{                                                                                          \
-		rp_tile(m, g, t, kp0, kp1, sv, pf, 1, T);                                          \
-	}                                                                                          \
-	static __attribute__((noinline)) void rp_2_##T(const struct kern_mm *m, int32_t g,         \
-						       int32_t t, int32_t kp0, int32_t kp1,        \
-						       __m512 *sv, bool pf)                        \
-	{                                                                                          \
-		rp_tile(m, g, t, kp0, kp1, sv, pf, 2, T);                                          \
+		rp_tile(m, g, t, kp0, kp1, sv, pf, G, T, GRP);                                     \
 	}
-
-/* GEMV tiles of three and four panels */
-static __attribute__((noinline)) void rp_3_1(const struct kern_mm *m, int32_t g, int32_t t,
-					     int32_t kp0, int32_t kp1, __m512 *sv, bool pf)
-{
-	rp_tile(m, g, t, kp0, kp1, sv, pf, 3, 1);
-}
-
-static __attribute__((noinline)) void rp_4_1(const struct kern_mm *m, int32_t g, int32_t t,
-					     int32_t kp0, int32_t kp1, __m512 *sv, bool pf)
-{
-	rp_tile(m, g, t, kp0, kp1, sv, pf, 4, 1);
-}
+/* a GEMM's tiles (grouped activations), and those of a call of at most BF_T tokens
+ * (a row per token; one token: the same) */
+#define RP_TILES(T)                                                                                \
+	RP_TILE(rp_1_##T, 1, T, true)                                                              \
+	RP_TILE(rp_2_##T, 2, T, true)
+#define RS_TILES(T)                                                                                \
+	RP_TILE(rs_1_##T, 1, T, false)                                                             \
+	RP_TILE(rs_2_##T, 2, T, false)
 
 RP_TILES(1)
 RP_TILES(2)
@@ -357,6 +384,15 @@ RP_TILES(9)
 RP_TILES(10)
 RP_TILES(11)
 RP_TILES(12)
+RS_TILES(2)
+RS_TILES(3)
+RS_TILES(4)
+RS_TILES(5)
+RS_TILES(6)
+RS_TILES(7)
+RS_TILES(8)
+RP_TILE(rp_3_1, 3, 1, true) /* a GEMV's tiles of three and four panels */
+RP_TILE(rp_4_1, 4, 1, true)
 
 /* [G - 1][T - 1] */
 static const rp_tile_fn rp_tiles[RP_G][RP_T] = {
@@ -364,6 +400,10 @@ static const rp_tile_fn rp_tiles[RP_G][RP_T] = {
 	 rp_1_12},
 	{rp_2_1, rp_2_2, rp_2_3, rp_2_4, rp_2_5, rp_2_6, rp_2_7, rp_2_8, rp_2_9, rp_2_10, rp_2_11,
 	 rp_2_12},
+};
+static const rp_tile_fn rs_tiles[RP_G][BF_T] = {
+	{rp_1_1, rs_1_2, rs_1_3, rs_1_4, rs_1_5, rs_1_6, rs_1_7, rs_1_8},
+	{rp_2_1, rs_2_2, rs_2_3, rs_2_4, rs_2_5, rs_2_6, rs_2_7, rs_2_8},
 };
 
 /* Rows [r0, r1) (r0 on a panel; r1 too, or the matrix's end). A call of at most
@@ -384,7 +424,7 @@ static void rp_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 		/* short panels: the hardware prefetcher is slow to take up each new stream
 		 * (8 tokens, 1024 columns: 6-12 % faster with, longer rows 2-17 % slower) */
 		for (int32_t g = g0; g < g1; g += RP_G)
-			rp_tiles[(g1 - g < RP_G ? g1 - g : RP_G) - 1][m->n - 1](
+			rs_tiles[(g1 - g < RP_G ? g1 - g : RP_G) - 1][m->n - 1](
 				m, g, 0, 0, kp_n, NULL, kp_n <= RP_PF_KP);
 		return;
 	}
@@ -703,37 +743,57 @@ KS_INLINE void ba_pv(struct ba_state *const *st, uint32_t (*pb)[VL / 2], const i
 			vf_store_part(st[u]->acc + VL * (b + e), a[u][e], n[e]);
 }
 
-/* One chunk (converted into kt or, rows, into the keys' rows, and vt) for
- * np <= BA_NP heads seeing cn[u] of its keys (cmax at most). */
-static void ba_chunk(struct ba_state *const *sg, const int *cn, int np, int cmax, bool rows,
-		     const __m512i *kt, const __m512i *vt, int32_t hd, float scale)
-{
+/* A pass of np <= BA_NP (query, head) pairs over a chunk: their states (padded with
+ * stand-ins for missing pairs, whose results are dropped) and the keys each sees. */
+struct ba_group {
 	struct ba_state *st[BA_NP];
-	__m512 sc[BA_NP];
-	uint32_t pb[BA_NP][VL / 2];
-	for (int u = 0; u < BA_NP; u++)
-		st[u] = sg[u < np ? u : 0]; /* a stand-in for missing heads, result dropped */
+	int cn[BA_NP];
+	int np;
+};
+
+/* The scores of a group over the chunk (converted into kt or, rows, into the
+ * keys' rows; cmax keys at most). */
+static void ba_scores(const struct ba_group *gr, int cmax, bool rows, const __m512i *kt, int32_t hd,
+		      __m512 *sc)
+{
 	if (rows)
-		ba_dots_rows(st, np, kt, cmax, (hd + 31) / 32, sc);
+		ba_dots_rows(gr->st, gr->np, kt, cmax, (hd + 31) / 32, sc);
 	else
-		ba_dots(st, kt, (hd + 31) / 32, sc);
-	for (int u = 0; u < np; u++)
-		ba_softmax(st[u], sc[u], cn[u], hd, scale, pb[u]);
-	bool all = np == BA_NP;
-	for (int u = 1; u < np; u++)
-		all = all && cn[u] == cn[0];
+		ba_dots(gr->st, kt, (hd + 31) / 32, sc);
+}
+
+/* The groups of one chunk, in order: each group's softmax update, then (while its
+ * exponentials are under way) the next group's scores, then its values. */
+static void ba_chunk(struct ba_group *grs, int ng, int cmax, bool rows, const __m512i *kt,
+		     const __m512i *vt, int32_t hd, float scale)
+{
+	__m512 sc[2][BA_NP];
+	uint32_t pb[BA_NP][VL / 2];
 	const int nb = (hd + VL - 1) / VL;
-	int b = 0;
-	for (; b + BA_PVD <= nb; b += BA_PVD) {
-		if (all)
-			ba_pv(st, pb, cn, np, vt, hd, b, BA_PVD, true);
-		else
-			ba_pv(st, pb, cn, np, vt, hd, b, BA_PVD, false);
+	ba_scores(&grs[0], cmax, rows, kt, hd, sc[0]);
+	for (int gi = 0; gi < ng; gi++) {
+		const struct ba_group *gr = &grs[gi];
+		struct ba_state *const *st = gr->st;
+		const int np = gr->np;
+		for (int u = 0; u < np; u++)
+			ba_softmax(st[u], sc[gi & 1][u], gr->cn[u], hd, scale, pb[u]);
+		if (gi + 1 < ng)
+			ba_scores(&grs[gi + 1], cmax, rows, kt, hd, sc[(gi + 1) & 1]);
+		bool all = np == BA_NP;
+		for (int u = 1; u < np; u++)
+			all = all && gr->cn[u] == gr->cn[0];
+		int b = 0;
+		for (; b + BA_PVD <= nb; b += BA_PVD) {
+			if (all)
+				ba_pv(st, pb, gr->cn, np, vt, hd, b, BA_PVD, true);
+			else
+				ba_pv(st, pb, gr->cn, np, vt, hd, b, BA_PVD, false);
+		}
+		for (; b + 2 <= nb; b += 2)
+			ba_pv(st, pb, gr->cn, np, vt, hd, b, 2, false);
+		if (b < nb)
+			ba_pv(st, pb, gr->cn, np, vt, hd, b, 1, false);
 	}
-	for (; b + 2 <= nb; b += 2)
-		ba_pv(st, pb, cn, np, vt, hd, b, 2, false);
-	if (b < nb)
-		ba_pv(st, pb, cn, np, vt, hd, b, 1, false);
 }
 
 void kern__avx512bf16_attn_part(const struct kern_attn_params *p, const float *q,
@@ -749,6 +809,7 @@ void kern__avx512bf16_attn_part(const struct kern_attn_params *p, const float *q
 	struct ba_state st[KERN_CPU_ATTN_MAXH];
 	uint32_t qb[KERN_CPU_ATTN_BUF] __attribute__((aligned(64)));
 	__m512i kt[BA_HD / 32 * VL], vt[BA_HD / VL * (VL / 2)];
+	struct ba_group grs[KERN_CPU_ATTN_MAXH / BA_NP];
 	CM_ASSERT(hd <= BA_HD && nq * nh <= KERN_CPU_ATTN_MAXH);
 	CM_ASSERT((size_t)nq * (size_t)nh * (size_t)nst * VL <= KERN_CPU_ATTN_BUF);
 	int32_t tend = t0;
@@ -785,21 +846,22 @@ void kern__avx512bf16_attn_part(const struct kern_attn_params *p, const float *q
 						    tend - c0 - VL < VL ? tend - c0 - VL : VL,
 						    (h0 + ha) / g);
 			ba_convert(kh, vh, cmax, hd, f16, rows, kt, vt);
-			struct ba_state *sg[BA_NP];
-			int cg[BA_NP], ng = 0;
+			int ng = 0;
 			for (int32_t h = ha; h < hb; h++)
 				for (int32_t u = 0; u < nq; u++) {
 					if (t1[u] <= c0)
 						continue;
-					cg[ng] = t1[u] - c0 < VL ? t1[u] - c0 : VL;
-					sg[ng++] = &st[u * nh + h];
-					if (ng == BA_NP) {
-						ba_chunk(sg, cg, ng, cmax, rows, kt, vt, hd, p->scale);
-						ng = 0;
-					}
+					if (!ng || grs[ng - 1].np == BA_NP)
+						grs[ng++].np = 0;
+					struct ba_group *gr = &grs[ng - 1];
+					gr->cn[gr->np] = t1[u] - c0 < VL ? t1[u] - c0 : VL;
+					gr->st[gr->np++] = &st[u * nh + h];
 				}
-			if (ng)
-				ba_chunk(sg, cg, ng, cmax, rows, kt, vt, hd, p->scale);
+			if (!ng)
+				continue;
+			for (int u = grs[ng - 1].np; u < BA_NP; u++)
+				grs[ng - 1].st[u] = grs[ng - 1].st[0]; /* stand-ins */
+			ba_chunk(grs, ng, cmax, rows, kt, vt, hd, p->scale);
 		}
 	}
 	for (int32_t u = 0; u < nq; u++)

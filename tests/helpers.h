@@ -4,8 +4,10 @@
 
 #include <criterion/criterion.h>
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -45,6 +47,27 @@ static inline int th_capture(const char *cmd, char **out)
 	int st = pclose(p);
 	*out = buf;
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* Whether the file at path (read whole) contains needle; false if it cannot be read. */
+static inline bool th_file_has(const char *path, const char *needle)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return false;
+	size_t cap = 1 << 16, n = 0, r;
+	char *buf = malloc(cap);
+	cr_assert_not_null(buf);
+	while ((r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+		n += r;
+		if (n + 1 == cap)
+			cr_assert_not_null(buf = realloc(buf, cap *= 2));
+	}
+	fclose(f);
+	buf[n] = 0;
+	bool yes = strstr(buf, needle) != NULL;
+	free(buf);
+	return yes;
 }
 
 /* Writes a tandem-rand-v1 model with `tandem gen-model` into a fresh folder. */

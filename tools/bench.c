@@ -71,12 +71,26 @@ int tool_bench(const struct tandem_opts *o, int argc, char **argv)
 	return 1;
 }
 
+enum wk_weights tool_weights(const struct tandem_opts *o)
+{
+	return !strcmp(o->quantize, "q8") ? WK_WEIGHTS_Q8
+	       : o->mmap_weights	  ? WK_WEIGHTS_MAPPED
+					  : WK_WEIGHTS_COPY;
+}
+
 int tool_model_weights(const struct tandem_opts *o, struct wk_model *m, struct cm_err *err)
 {
-	enum wk_weights how = !strcmp(o->quantize, "q8") ? WK_WEIGHTS_Q8
-			      : o->mmap_weights		  ? WK_WEIGHTS_MAPPED
-							  : WK_WEIGHTS_COPY;
-	return wk_model_convert(m, how, err);
+	return wk_model_convert(m, tool_weights(o), err);
+}
+
+int tool_activations(const struct tandem_opts *o, bool auto_bf16, bool *bf16, struct cm_err *err)
+{
+	const bool has = kern_cpu_detect_isa() >= KERN_ISA_AVX512BF16;
+	*bf16 = !strcmp(o->activations, "bf16") || (auto_bf16 && !strcmp(o->activations, "auto"));
+	if (*bf16 && !has && strcmp(o->activations, "auto"))
+		return cm_err_set(err, CM_EUNSUPPORTED, "--activations bf16 needs AVX512_BF16");
+	*bf16 = *bf16 && has;
+	return CM_OK;
 }
 
 /* ---- engine mode --------------------------------------------------------- */
@@ -479,14 +493,12 @@ static int bench_engine(const struct tandem_opts *o, int argc, char **argv)
 		return 1;
 	}
 	bool has_bf16 = kern_cpu_detect_isa() >= KERN_ISA_AVX512BF16;
-	bool q8 = !strcmp(o->quantize, "q8"), bf16 = !strcmp(o->activations, "bf16");
-	if (!strcmp(o->activations, "auto"))
-		bf16 = has_bf16;
-	b.bf16 = bf16;
-	if (bf16 && !has_bf16) {
-		fprintf(stderr, "tandem bench: --activations bf16 needs AVX512_BF16\n");
+	bool q8 = !strcmp(o->quantize, "q8"), bf16;
+	if (tool_activations(o, true, &bf16, &err) < 0) {
+		fprintf(stderr, "tandem bench: %s\n", err.msg);
 		return 1;
 	}
+	b.bf16 = bf16;
 	const char *weights = q8 ? "q8_0" : o->mmap_weights ? "mapped" : "copied";
 	b.be = bench_backend(o, bf16, &err);
 	if (b.be && has_bf16 && !q8)

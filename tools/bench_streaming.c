@@ -439,12 +439,8 @@ static json_t *totals_json(json_t *list)
 
 static struct kern_backend *bs_backend(const struct tandem_opts *o, struct cm_err *err, bool *bf16)
 {
-	bool has_bf16 = kern_cpu_detect_isa() >= KERN_ISA_AVX512BF16;
-	*bf16 = !strcmp(o->activations, "bf16") || (!strcmp(o->activations, "auto") && has_bf16);
-	if (*bf16 && !has_bf16) {
-		cm_err_set(err, CM_EUNSUPPORTED, "--activations bf16 needs AVX512_BF16");
+	if (tool_activations(o, true, bf16, err) < 0)
 		return NULL;
-	}
 	struct kern_cpu_params kp = kern_cpu_default_params();
 	kp.n_threads = (int)o->threads;
 	kp.bf16_activations = *bf16;

@@ -441,8 +441,9 @@ int tool_generate(const struct tandem_opts *o, int argc, char **argv)
 	}
 	struct kern_cpu_params kp = kern_cpu_default_params();
 	kp.n_threads = (int)o->threads;
-	kp.bf16_activations = !strcmp(o->activations, "bf16"); /* auto: f32 here */
-	struct kern_backend *be = kern_cpu_new(&kp, &err);
+	struct kern_backend *be = NULL; /* auto: f32 here (reference numerics) */
+	if (tool_activations(o, false, &kp.bf16_activations, &err) == CM_OK)
+		be = kern_cpu_new(&kp, &err);
 	int rc = !be			? err.code
 		 : forced || o->think	? think(o, tok, be, &err)
 					: run(o, tok, be, &err);

@@ -75,13 +75,15 @@ int tool_worker(const struct tandem_opts *o, int argc, char **argv)
 	p.device = o->device;
 	p.id = o->worker_id;
 	p.threads = (int)o->threads;
+	p.weights = tool_weights(o);
 	p.max_seqs = (int)o->max_seqs;
 	p.kv_tokens = (int)o->kv_tokens;
 	p.heartbeat_ms = o->heartbeat_ms;
 	p.coordinator_timeout_ms = o->coordinator_timeout_ms;
 	tool_signals_init(&p.stop);
 	struct cm_err err = {0};
-	if (wk_worker_run(&p, &err) < 0) {
+	if (tool_activations(o, false, &p.bf16_activations, &err) < 0 ||
+	    wk_worker_run(&p, &err) < 0) {
 		fprintf(stderr, "tandem worker: %s\n", err.msg);
 		return err.code == CM_EINTERNAL || err.code == CM_ENOMEM ? 2 : 1;
 	}

@@ -116,9 +116,15 @@ int tool_config(const struct tandem_opts *o, int argc, char **argv);
  * "engine"); the rest of argv goes to it. */
 int tool_bench(const struct tandem_opts *o, int argc, char **argv);
 struct wk_model;
+/* Where --quantize and --mmap put the weight matrices (wk_model_convert). */
+enum wk_weights tool_weights(const struct tandem_opts *o);
 /* Places m's weights as --quantize and --mmap ask (wk_model_convert); errors as
  * wk_model_convert's. */
 int tool_model_weights(const struct tandem_opts *o, struct wk_model *m, struct cm_err *err);
+/* *bf16 = whether --activations asks for bf16 dot products: bf16, or auto where
+ * auto_bf16 and the CPU has AVX512_BF16. CM_EUNSUPPORTED for bf16 on a CPU
+ * without it. */
+int tool_activations(const struct tandem_opts *o, bool auto_bf16, bool *bf16, struct cm_err *err);
 /* tandem bench streaming (tools/bench_streaming.c): streaming vs batch thinking. */
 int tool_bench_streaming(const struct tandem_opts *o, int argc, char **argv);
 /* tandem bench serving (tools/bench_serving.c): latency of a running cluster under load. */

@@ -191,9 +191,23 @@ static void start_workers(struct up *u, const char *coord, const char *role, int
 	snprintf(threads, sizeof(threads), "%d", t);
 	snprintf(kv, sizeof(kv), "tcp://%s:0", o->host);
 	for (int i = 0; i < n; i++) {
-		char *worker[] = {u->exe,     "worker",	     "--coordinator", (char *)coord,
-				  "--threads", threads,	     "--role",	      (char *)role,
-				  "--kv-listen", kv,	     "--log-level",   (char *)o->log_level,
+		char *worker[] = {u->exe,
+				  "worker",
+				  "--coordinator",
+				  (char *)coord,
+				  "--threads",
+				  threads,
+				  "--role",
+				  (char *)role,
+				  "--kv-listen",
+				  kv,
+				  "--log-level",
+				  (char *)o->log_level,
+				  "--activations",
+				  (char *)o->activations,
+				  "--quantize",
+				  (char *)o->quantize,
+				  o->mmap_weights ? "--mmap" : NULL,
 				  NULL};
 		spawn(u, worker);
 	}

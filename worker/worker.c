@@ -91,9 +91,13 @@ static int load_model(struct worker *w, const char *dir, struct cm_err *err)
 				    dir);
 		return CM_OK;
 	}
+	static const char *const how[] = {[WK_WEIGHTS_MAPPED] = "mapped",
+					  [WK_WEIGHTS_COPY] = "copied",
+					  [WK_WEIGHTS_Q8] = "q8_0"};
 	snprintf(w->model_dir, sizeof(w->model_dir), "%s", dir);
-	fprintf(stderr, "tandem worker: loading %s\n", dir);
-	if (!(w->model = wk_model_load(dir, w->be, err)) || !(w->tok = md_tok_load(dir, err)))
+	fprintf(stderr, "tandem worker: loading %s (%s weights)\n", dir, how[w->p->weights]);
+	if (!(w->model = wk_model_load(dir, w->be, err)) ||
+	    wk_model_convert(w->model, w->p->weights, err) < 0 || !(w->tok = md_tok_load(dir, err)))
 		return err->code;
 	if ((rc = md_stop_ids_load(dir, &w->model->cfg, &w->stops, err)) < 0)
 		return rc;
@@ -417,12 +421,20 @@ static void worker_fini(struct worker *w)
 	free(w->in);
 }
 
-/* FLOP/s and read bandwidth of this worker's threads, unless given: about 0.2 s. */
+/* FLOP/s of the dot product this worker's matmuls use (int8 for q8_0 weights,
+ * bf16 with bf16 activations, else f32; f32 where the CPU lacks the other) and
+ * read bandwidth of its threads, unless given: about 0.2 s. */
 static void measure(struct worker *w)
 {
 	const struct wk_worker_params *p = w->p;
-	w->peak_flops = p->peak_gflops > 0 ? p->peak_gflops * 1e9
-					   : kern_bench_peak(w->be, KERN_PEAK_F32, 0.1) * 1e9;
+	double peak = p->peak_gflops;
+	if (peak <= 0 && p->weights == WK_WEIGHTS_Q8)
+		peak = kern_bench_peak(w->be, KERN_PEAK_INT8, 0.1);
+	else if (peak <= 0 && p->bf16_activations)
+		peak = kern_bench_peak(w->be, KERN_PEAK_BF16, 0.1);
+	if (peak <= 0)
+		peak = kern_bench_peak(w->be, KERN_PEAK_F32, 0.1);
+	w->peak_flops = peak * 1e9;
 	if (p->read_gbps > 0) {
 		w->read_bps = p->read_gbps * 1e9;
 		return;
@@ -469,6 +481,7 @@ int wk_worker_run(const struct wk_worker_params *p, struct cm_err *err)
 	int rc;
 	struct kern_cpu_params kp = kern_cpu_default_params();
 	kp.n_threads = p->threads;
+	kp.bf16_activations = p->bf16_activations;
 	w.out = malloc(sizeof(*w.out));
 	w.in = malloc(sizeof(*w.in));
 	if (!w.out || !w.in) {
@@ -480,6 +493,7 @@ int wk_worker_run(const struct wk_worker_params *p, struct cm_err *err)
 		rc = err->code;
 		goto out;
 	}
+	CM_LOG_INFO("worker: backend %s", kern_backend_name(w.be));
 	measure(&w);
 	rc = serve(&w, err);
 out:

@@ -9,8 +9,8 @@
  * split requests and ships their KV to the request's decode worker over the KV
  * link (worker/kvlink.h), keeping it until the request ends; "decode" runs
  * split requests' reasoning on the KV it receives (and whole Generate
- * requests). Capacities (FLOP/s, read bandwidth) are measured at start-up in
- * about 0.2 s unless given.
+ * requests). Capacities (FLOP/s of the dot product its matmuls use, read
+ * bandwidth) are measured at start-up in about 0.2 s unless given.
  *
  * Threads: wk_worker_run runs on the calling thread; the backend's pool does the
  * math.
@@ -23,6 +23,7 @@
 #define TANDEM_WK_WORKER_H
 
 #include "common/cm.h"
+#include "worker/wk.h"
 
 #include <signal.h>
 
@@ -37,6 +38,9 @@ struct wk_worker_params {
 	const char *device;		/* "cpu" */
 	const char *id;			/* NULL: "<host>-<pid>" */
 	int threads;			/* 0: every online CPU */
+	bool bf16_activations;		/* bf16 dot products in the matmuls and attention
+					 * (a CPU with AVX512_BF16; docs/performance.md) */
+	enum wk_weights weights;	/* where the weight matrices live (wk_model_convert) */
 	int max_seqs;			/* sequences at once; 0: the engine's default */
 	int kv_tokens;			/* KV pool in tokens; 0: the engine's default */
 	int64_t heartbeat_ms;		/* between heartbeats */

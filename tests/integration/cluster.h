@@ -20,6 +20,7 @@
 #include <sys/wait.h>
 
 #define CL_MAX_WORKERS 6
+#define CL_MAX_WFLAGS  6
 
 struct cluster {
 	char model[1024];
@@ -29,6 +30,7 @@ struct cluster {
 	int grpc, http, wport;
 	char addr[64];
 	struct coord_client *cli;
+	const char *wflags[CL_MAX_WFLAGS + 1]; /* more worker flags, NULL-terminated */
 };
 
 static inline pid_t cl_spawn(char *const argv[], const char *log)
@@ -92,7 +94,13 @@ static inline void cl_start_role(struct cluster *c, int i, const char *id, const
 			"10",
 			"--log-level",
 			"info",
-			NULL};
+			NULL,
+			[CL_MAX_WFLAGS + 24] = NULL};
+	int a = 0;
+	while (argv[a])
+		a++;
+	for (int f = 0; c->wflags[f]; f++)
+		argv[a++] = (char *)c->wflags[f];
 	c->worker[i] = cl_spawn(argv, log);
 	if (i >= c->n_workers)
 		c->n_workers = i + 1;
@@ -119,10 +127,16 @@ static inline void cl_wait_ready(struct cluster *c, int n)
 	cr_assert_eq(ready, n, "%d workers ready, not %d (see %s)", ready, n, c->dir);
 }
 
-/* Starts a coordinator (extra flags appended) and n workers; waits until all are ready. */
-static inline void cl_start(struct cluster *c, int n, const char *tag, const char *hb_timeout_ms)
+/* Starts a coordinator and n workers (wflags: more worker flags, NULL-terminated,
+ * or NULL); waits until all are ready. */
+static inline void cl_start_flags(struct cluster *c, int n, const char *tag,
+				  const char *hb_timeout_ms, const char *const *wflags)
 {
 	memset(c, 0, sizeof(*c));
+	for (int f = 0; wflags && wflags[f]; f++) {
+		cr_assert_lt(f, CL_MAX_WFLAGS);
+		c->wflags[f] = wflags[f];
+	}
 	th_gen_model(c->model, sizeof(c->model), "tiny", 1, false);
 	th_tmpdir(c->dir, sizeof(c->dir), tag);
 	char ports[1200], log[1200];
@@ -165,6 +179,11 @@ static inline void cl_start(struct cluster *c, int n, const char *tag, const cha
 	for (int i = 0; i < n; i++)
 		cl_start_worker(c, i);
 	cl_wait_ready(c, n);
+}
+
+static inline void cl_start(struct cluster *c, int n, const char *tag, const char *hb_timeout_ms)
+{
+	cl_start_flags(c, n, tag, hb_timeout_ms, NULL);
 }
 
 static inline void cl_stop(struct cluster *c)

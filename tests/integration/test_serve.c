@@ -2,6 +2,7 @@
  * public gRPC API: Generate and Think, 32 concurrent streams, cancellation and
  * Abort, hostile messages, a worker killed mid-request, the HTTP plane. */
 #include "cluster.h"
+#include "kernels/kern.h"
 
 #include <pthread.h>
 
@@ -17,6 +18,30 @@ static void fixture_greedy(int32_t *ids, int *n)
 	for (int i = 0; i < *n; i++)
 		ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
 	json_decref(fx);
+}
+
+/* The single-process CLI's greedy continuation of fx_prompt (16 tokens) with more
+ * flags (NULL-terminated, or NULL) must equal ids[n]. */
+static void assert_cli_generates(const struct cluster *c, const char *const *flags,
+				 const int32_t *ids, int n)
+{
+	char cmd[2400];
+	int k = snprintf(cmd, sizeof(cmd),
+			 "'%s' generate --model '%s' --tokens 785,3974,13876,38835,34208 "
+			 "--max-tokens 16 --ids",
+			 getenv("TANDEM_BIN"), c->model);
+	for (int f = 0; flags && flags[f]; f++)
+		k += snprintf(cmd + k, sizeof(cmd) - (size_t)k, " %s", flags[f]);
+	FILE *p = popen(cmd, "r");
+	char line[4096] = {0};
+	cr_assert(fgets(line, sizeof(line), p));
+	pclose(p);
+	char *s = line;
+	for (int i = 0; i < n; i++) {
+		cr_assert_eq(strtol(s, &s, 10), ids[i], "token %d differs from the CLI", i);
+		if (*s == ',')
+			s++;
+	}
 }
 
 Test(serve, generate_matches_cli_and_fixture, .timeout = 120)
@@ -37,24 +62,52 @@ Test(serve, generate_matches_cli_and_fixture, .timeout = 120)
 	for (int i = 0; i < n_want; i++)
 		cr_assert_eq(res->answer[i], want[i], "token %d", i);
 
-	/* the same through the single-process CLI */
-	char cmd[2400];
-	snprintf(cmd, sizeof(cmd),
-		 "'%s' generate --model '%s' --tokens 785,3974,13876,38835,34208 --max-tokens 16 "
-		 "--ids",
-		 getenv("TANDEM_BIN"), c.model);
-	FILE *p = popen(cmd, "r");
-	char line[4096] = {0};
-	cr_assert(fgets(line, sizeof(line), p));
-	pclose(p);
-	char *s = line;
-	for (int i = 0; i < res->n_answer; i++) {
-		cr_assert_eq(strtol(s, &s, 10), res->answer[i], "token %d differs from the CLI", i);
-		if (*s == ',')
-			s++;
-	}
+	assert_cli_generates(&c, NULL, res->answer, res->n_answer); /* the same in one process */
 	free(res);
 	cl_stop(&c);
+}
+
+/* Workers take the engine's precision flags (--quantize q8, --activations bf16) and
+ * serve what the CLI computes with the same flags; where the CPU has no
+ * AVX512_BF16, a worker asked for bf16 activations stops with a clear error. */
+Test(serve, workers_quantised_or_with_bf16_activations_match_the_cli, .timeout = 300)
+{
+	static const char *const q8[] = {"--quantize", "q8", NULL};
+	static const char *const bf16[] = {"--activations", "bf16", NULL};
+	static const char *const both[] = {"--activations", "bf16", "--quantize", "q8", NULL};
+	const struct {
+		const char *const *flags;
+		bool bf16;
+		const char *log; /* in the worker's log */
+	} runs[] = {
+		{q8, false, "(q8_0 weights)"}, {bf16, true, "bf16act"}, {both, true, "bf16act"}};
+	const bool has_bf16 = kern_cpu_detect_isa() >= KERN_ISA_AVX512BF16;
+	for (size_t r = 0; r < CM_ARRAY_LEN(runs); r++) {
+		struct cluster c;
+		if (runs[r].bf16 && !has_bf16) {
+			char cmd[1200], *out;
+			snprintf(cmd, sizeof(cmd),
+				 "'%s' worker --coordinator tcp://127.0.0.1:1 --activations bf16 "
+				 "2>&1",
+				 getenv("TANDEM_BIN"));
+			cr_assert_eq(th_capture(cmd, &out), 1);
+			cr_assert(strstr(out, "needs AVX512_BF16"), "%s", out);
+			free(out);
+			continue;
+		}
+		cl_start_flags(&c, 1, "srv-prec", "5000", runs[r].flags);
+		struct cl_result *res = calloc(1, sizeof(*res));
+		cl_generate(&c, fx_prompt, 5, 16, res);
+		cr_assert_eq(res->status, COORD_OK, "%s", res->msg);
+		cr_assert_eq(res->n_answer, 16);
+		assert_cli_generates(&c, runs[r].flags, res->answer, res->n_answer);
+		char log[1200];
+		snprintf(log, sizeof(log), "%s/worker0-w0.log", c.dir);
+		cl_stop(&c);
+		cr_assert(th_file_has(log, runs[r].log), "run %zu: no '%s' in %s", r, runs[r].log,
+			  log);
+		free(res);
+	}
 }
 
 Test(serve, think_streams_thoughts_before_the_input_ends, .timeout = 180)

@@ -48,18 +48,6 @@ static int wait_ms(pid_t pid, int ms)
 	return -1;
 }
 
-static bool file_has(const char *path, const char *needle)
-{
-	char *text;
-	size_t len;
-	struct cm_err err = {0};
-	if (cm_file_read(path, &text, &len, &err) < 0)
-		return false;
-	bool yes = strstr(text, needle) != NULL;
-	free(text);
-	return yes;
-}
-
 /* A test's scratch: its directory, where tandem up's output goes, an input text
  * for tandem think, and three free ports from base (gRPC, HTTP, the workers'). */
 struct up_run {
@@ -86,9 +74,9 @@ static void up_run_init(struct up_run *u, const char *name)
 /* Waits (two minutes at most) for tandem up's start-up line. */
 static void up_wait_ready(const struct up_run *u, pid_t up)
 {
-	for (int i = 0; i < 1200 && !file_has(u->out, "Tandem is up"); i++)
+	for (int i = 0; i < 1200 && !th_file_has(u->out, "Tandem is up"); i++)
 		cr_assert_eq(wait_ms(up, 100), -1, "tandem up exited early");
-	cr_assert(file_has(u->out, "Tandem is up"), "no start-up line");
+	cr_assert(th_file_has(u->out, "Tandem is up"), "no start-up line");
 }
 
 /* tandem think streams the input through the cluster into dir/think.out, which
@@ -102,7 +90,7 @@ static void up_think(const struct up_run *u)
 		 getenv("TANDEM_BIN"), u->base, u->in, u->dir);
 	cr_assert_eq(th_sh(cmd), 0, "tandem think failed");
 	snprintf(cmd, sizeof(cmd), "%s/think.out", u->dir);
-	cr_assert(file_has(cmd, "finish: "), "latency summary");
+	cr_assert(th_file_has(cmd, "finish: "), "latency summary");
 }
 
 Test(up, up_then_think_then_ctrl_c, .timeout = 240)
@@ -115,15 +103,16 @@ Test(up, up_then_think_then_ctrl_c, .timeout = 240)
 			"--threads",	      "1",  NULL};
 	pid_t up = spawn_up(argv, u.out);
 	up_wait_ready(&u, up);
-	cr_assert(file_has(u.out, "writing the default model"), "the default model was generated");
+	cr_assert(th_file_has(u.out, "writing the default model"),
+		  "the default model was generated");
 	char want[64];
 	snprintf(want, sizeof(want), "gRPC     127.0.0.1:%d", u.base);
-	cr_assert(file_has(u.out, want), "prints where to connect");
+	cr_assert(th_file_has(u.out, want), "prints where to connect");
 
 	up_think(&u);
 	snprintf(cmd, sizeof(cmd), "%s/think.out", u.dir);
-	cr_assert(file_has(cmd, "input tokens waited before the first thought: "));
-	cr_assert(file_has(cmd, "time to first token: "));
+	cr_assert(th_file_has(cmd, "input tokens waited before the first thought: "));
+	cr_assert(th_file_has(cmd, "time to first token: "));
 
 	/* a second run of batch mode, reading stdin */
 	snprintf(cmd, sizeof(cmd),
@@ -148,7 +137,7 @@ Test(up, encode_and_decode_workers_then_think, .timeout = 240)
 			"--worker-port",      u.w,  NULL};
 	pid_t up = spawn_up(argv, u.out);
 	up_wait_ready(&u, up);
-	cr_assert(file_has(u.out, "1 encode + 1 decode workers"), "the split layout is up");
+	cr_assert(th_file_has(u.out, "1 encode + 1 decode workers"), "the split layout is up");
 	up_think(&u);
 	kill(up, SIGINT);
 	cr_assert_eq(wait_ms(up, 20000), 0, "tandem up stops cleanly on Ctrl-C");
@@ -165,7 +154,7 @@ Test(up, stops_everything_when_a_child_fails_to_start, .timeout = 60)
 	pid_t up = spawn_up(argv, u.out);
 	int rc = wait_ms(up, 30000);
 	cr_assert_eq(rc, 1, "tandem up fails (%d)", rc);
-	cr_assert(file_has(u.out, "coordinator exited"), "says which process failed");
+	cr_assert(th_file_has(u.out, "coordinator exited"), "says which process failed");
 	cr_assert(!port_open(u.base + 2));
 	th_rmdir(u.dir);
 }

@@ -24,6 +24,7 @@
 #   UNIT_BUDGET, FINAL_BUDGET  reasoning budgets [16, 64]
 #   LAYOUTS      which layouts ["colocated disaggregated both-x2"]
 #   PORT         first of three consecutive ports [52051]
+#   UP_FLAGS     more `tandem up` flags for every layout, e.g. "--activations bf16" [none]
 set -eu
 
 OUT=${1:-bench-serving-out}
@@ -36,6 +37,7 @@ UNIT_BUDGET=${UNIT_BUDGET:-16}
 FINAL_BUDGET=${FINAL_BUDGET:-64}
 LAYOUTS=${LAYOUTS:-"colocated disaggregated both-x2"}
 PORT=${PORT:-52051}
+UP_FLAGS=${UP_FLAGS:-}
 HALF=$((THREADS / 2 > 0 ? THREADS / 2 : 1))
 
 mkdir -p "$OUT"
@@ -76,7 +78,7 @@ run_layout() {
 	log=$OUT/$name.up.log
 	# shellcheck disable=SC2086 # flags are words
 	"$TANDEM" up --model "$MODEL" --grpc-port "$PORT" --http-port $((PORT + 1)) \
-		--worker-port $((PORT + 2)) $flags >"$log" 2>&1 &
+		--worker-port $((PORT + 2)) $flags $UP_FLAGS >"$log" 2>&1 &
 	UP_PID=$!
 	i=0
 	until grep -q "Tandem is up" "$log"; do

@@ -84,17 +84,16 @@ const struct cm_opt tandem_opt_table[] = {
 	  "bench serving: Think requests in all." },
 	{ "concurrency", CM_OPT_INT, CMD_BENCH, OFF(concurrency), "4", 1, 1024, NULL, NULL, "N",
 	  "bench serving: requests streaming at once." },
-	{ "quantize", CM_OPT_ENUM, CMD_GENERATE | CMD_BENCH | CMD_WORKER | CMD_UP, OFF(quantize), "none", 0, 0, "none|q8",
-	  "TANDEM_QUANTIZE", "Q",
+	{ "quantize", CM_OPT_ENUM, CMD_GENERATE | CMD_BENCH | CMD_WORKER | CMD_UP, OFF(quantize),
+	  "none", 0, 0, "none|q8", "TANDEM_QUANTIZE", "Q",
 	  "Quantise the weight matrices at load: q8 is blocks of 32 int8 with an f16 scale "
 	  "(docs/performance.md)." },
-	{ "mmap", CM_OPT_BOOL, CMD_GENERATE | CMD_BENCH | CMD_WORKER | CMD_UP, OFF(mmap_weights), "false", 0, 0, NULL,
-	  NULL, NULL,
+	{ "mmap", CM_OPT_BOOL, CMD_GENERATE | CMD_BENCH | CMD_WORKER | CMD_UP, OFF(mmap_weights),
+	  "false", 0, 0, NULL, NULL, NULL,
 	  "Use the weights in place in the file mapping instead of copying them into huge pages "
 	  "(less memory; slower decode, and slower prefill with bf16 activations, whose copy is reordered for vdpbf16ps; ignored with --quantize q8)." },
 	{ "activations", CM_OPT_ENUM, CMD_GENERATE | CMD_BENCH | CMD_WORKER | CMD_UP,
-	  OFF(activations), "auto", 0, 0,
-	  "auto|f32|bf16", "TANDEM_ACTIVATIONS", "A",
+	  OFF(activations), "auto", 0, 0, "auto|f32|bf16", "TANDEM_ACTIVATIONS", "A",
 	  "Precision of matmul inputs on bf16 weights: bf16 uses the CPU's bf16 dot product "
 	  "for the matmuls and attention (about 2x faster prefill, ~1e-2 logit error; "
 	  "AVX512_BF16 only); auto is f32 for generate and the workers (reference numerics) "

@@ -502,13 +502,14 @@ double kern__avx512bf16_bench(int64_t iters)
 /* ---- attention with bf16 dot products -------------------------------------
  * For a backend with bf16 activations: q, K and V rounded to bf16 (nearest even),
  * multiplied by vdpbf16ps; scores, softmax and sums stay f32. A query gets the
- * same bits alone (decode) and in a prefill batch. A chunk of up to VL keys of one
- * KV head is converted once per call into
- *   kt[s][l]: lane j = the pair of dims (32 s + 2 l, 32 s + 2 l + 1) of key j
- *             (or, when fewer than BA_NP heads share the chunk, the keys' rows of
- *             pairs, ba_dots_rows, which give the same scores);
+ * same bits alone (decode) and in a prefill batch. A chunk of up to BA_CW keys of
+ * one KV head is converted once per call, in two halves of VL keys, into
+ *   kt[h][s][l]: lane j = the pair of dims (32 s + 2 l, 32 s + 2 l + 1) of key
+ *             VL h + j (or, when fewer than BA_NP heads share the chunk, the keys'
+ *             rows of pairs, ba_dots_rows, which give the same scores);
  *   vt[b][i]: dword d = dim 16 b + d of keys 2 i and 2 i + 1;
- * zero past head_dim and past the chunk's last key. A (query, head)'s score lanes
+ * zero past head_dim and past the chunk's last key. The softmax state is updated
+ * once per chunk (both halves' scores). A (query, head)'s score lanes
  * p[l] take pair l of each 32-dim step, in order, and are added by the halving
  * tree (l + 8, + 4, + 2, + 1), four l at a time (those equal modulo 4) for
  * BA_NP heads at once, each load of kt serving all of them; its values take the
@@ -521,6 +522,9 @@ double kern__avx512bf16_bench(int64_t iters)
 _Static_assert(BA_HD == KERN_CPU_ATTN_BF16_HD, "one limit");
 #define BA_NP 4	  /* (query, head) pairs per pass over a chunk */
 #define BA_PVD 4  /* 16-dim blocks of the values per pass (BA_NP x BA_PVD accumulators) */
+/* keys per chunk: per softmax update, and between the value accumulators' loads
+ * and stores (16: 3-15 % slower) */
+#define BA_CW (2 * VL)
 
 /* A head's max is raised only when a score exceeds it by more than this, so that
  * most chunks skip the horizontal max and the rescaling (weights then reach
@@ -551,9 +555,9 @@ KS_INLINE __m512i ba_pairs(const char *row, int32_t d, int n, bool f16)
 					    ba_row(row, d, n, f16));
 }
 
-/* kt (or, ROWS, the keys' rows kr[j][s] = their pairs of step s) and vt of the
- * chunk's first cn keys (rows kp, vp). FULL: cn == VL and head_dim a multiple of
- * 32 (no masks). */
+/* kt (or, ROWS, the keys' rows kr[j][s] = their pairs of step s) and vt of a
+ * half chunk's first cn keys (rows kp, vp): vt[b * BA_CW / 2 + i] for its VL / 2
+ * pairs i. FULL: cn == VL and head_dim a multiple of 32 (no masks). */
 KS_INLINE void ba_convert_t(const char *const *kp, const char *const *vp, int cn, int32_t hd,
 			    bool f16, __m512i *kt, __m512i *vt, const bool FULL, const bool ROWS)
 {
@@ -584,7 +588,7 @@ KS_INLINE void ba_convert_t(const char *const *kp, const char *const *vp, int cn
 			__m512 a = FULL || 2 * i < cn ? ba_row(vp[2 * i], VL * b, n, f16) : vf_zero();
 			__m512 c = FULL || 2 * i + 1 < cn ? ba_row(vp[2 * i + 1], VL * b, n, f16)
 							  : vf_zero();
-			vt[b * (VL / 2) + i] =
+			vt[b * (BA_CW / 2) + i] =
 				_mm512_permutexvar_epi16(mix, (__m512i)_mm512_cvtne2ps_pbh(c, a));
 		}
 	}
@@ -664,14 +668,22 @@ KS_INLINE void ba_dots(struct ba_state *const *st, const __m512i *kt, int nst, _
 				      _mm512_add_ps(t[1][u], t[3][u]));
 }
 
-/* The online-softmax update of one head by the scores s of its first cn keys; pb
- * gets the weights as bf16 pairs. */
-KS_INLINE void ba_softmax(struct ba_state *st, __m512 s, int cn, int32_t hd, float scale,
+/* The online-softmax update of one head by the scores s[2] of its first cn keys
+ * (s[h]: keys VL h + lane); pb gets the weights as bf16 pairs. */
+KS_INLINE void ba_softmax(struct ba_state *st, const __m512 *s, int cn, int32_t hd, float scale,
 			  uint32_t *pb)
 {
-	s = vf_keep_first(_mm512_mul_ps(s, _mm512_set1_ps(scale)), cn, vf_set1(-INFINITY));
-	if (_mm512_cmp_ps_mask(s, vf_set1(st->m + BA_LAZY), _CMP_GT_OQ)) {
-		const float cmax = vf_hmax(s);
+	__m512 x[2];
+	__mmask16 over = 0;
+	KS_UNROLL
+	for (int h = 0; h < 2; h++) {
+		const int n = cn - VL * h < 0 ? 0 : cn - VL * h < VL ? cn - VL * h : VL;
+		x[h] = vf_keep_first(_mm512_mul_ps(s[h], _mm512_set1_ps(scale)), n,
+				     vf_set1(-INFINITY));
+		over |= _mm512_cmp_ps_mask(x[h], vf_set1(st->m + BA_LAZY), _CMP_GT_OQ);
+	}
+	if (over) {
+		const float cmax = vf_hmax(_mm512_max_ps(x[0], x[1]));
 		const __m512 alpha = vf_exp(vf_set1(st->m - cmax));
 		for (int32_t d = 0; d < hd; d += VL) {
 			const int n = hd - d < VL ? hd - d : VL;
@@ -681,16 +693,19 @@ KS_INLINE void ba_softmax(struct ba_state *st, __m512 s, int cn, int32_t hd, flo
 		st->l = _mm512_mul_ps(st->l, alpha);
 		st->m = cmax;
 	}
-	const __m256i w = (__m256i)_mm512_cvtneps_pbh(vf_exp(vf_sub(s, vf_set1(st->m))));
-	st->l = _mm512_add_ps(st->l, _mm512_castsi512_ps(
-					     _mm512_slli_epi32(_mm512_cvtepu16_epi32(w), 16)));
-	_mm256_storeu_si256((__m256i *)pb, w);
+	KS_UNROLL
+	for (int h = 0; h < 2; h++) {
+		const __m256i w = (__m256i)_mm512_cvtneps_pbh(vf_exp(vf_sub(x[h], vf_set1(st->m))));
+		st->l = _mm512_add_ps(st->l, _mm512_castsi512_ps(_mm512_slli_epi32(
+						     _mm512_cvtepu16_epi32(w), 16)));
+		_mm256_storeu_si256((__m256i *)(pb + VL / 2 * h), w);
+	}
 }
 
 /* acc of heads u < np += their weights pb[u] x the chunk's values, D 16-dim
  * blocks at a time from block b: first the key pairs every head sees whole
  * (ALL: every head has cn[u] = cn[0]), then the straddling pairs. */
-KS_INLINE void ba_pv(struct ba_state *const *st, uint32_t (*pb)[VL / 2], const int *cn, int np,
+KS_INLINE void ba_pv(struct ba_state *const *st, uint32_t (*pb)[BA_CW / 2], const int *cn, int np,
 		     const __m512i *vt, int32_t hd, int b, const int D, const bool ALL)
 {
 	int n[BA_PVD], cmax = 0;
@@ -712,7 +727,7 @@ KS_INLINE void ba_pv(struct ba_state *const *st, uint32_t (*pb)[VL / 2], const i
 		__m512i v[BA_PVD];
 		KS_UNROLL
 		for (int e = 0; e < D; e++)
-			v[e] = vt[(b + e) * (VL / 2) + i];
+			v[e] = vt[(b + e) * (BA_CW / 2) + i];
 		KS_UNROLL
 		for (int u = 0; u < BA_NP; u++) {
 			if (!(ALL ? u < np : u < np && 2 * i + 1 < cn[u]))
@@ -733,7 +748,8 @@ KS_INLINE void ba_pv(struct ba_state *const *st, uint32_t (*pb)[VL / 2], const i
 		KS_UNROLL
 		for (int e = 0; e < D; e++)
 			a[u][e] = _mm512_dpbf16_ps(
-				a[u][e], (__m512bh)_mm512_and_si512(vt[(b + e) * (VL / 2) + i], lo), w);
+				a[u][e],
+				(__m512bh)_mm512_and_si512(vt[(b + e) * (BA_CW / 2) + i], lo), w);
 	}
 	KS_UNROLL
 	for (int u = 0; u < BA_NP; u++)
@@ -751,32 +767,40 @@ struct ba_group {
 	int np;
 };
 
-/* The scores of a group over the chunk (converted into kt or, rows, into the
- * keys' rows; cmax keys at most). */
-static void ba_scores(const struct ba_group *gr, int cmax, bool rows, const __m512i *kt, int32_t hd,
-		      __m512 *sc)
+/* The scores of a group over the chunk (cmax keys at most): sc[h][u] for half h,
+ * from kt[h] (converted, or, rows, the keys' rows). */
+static void ba_scores(const struct ba_group *gr, int cmax, bool rows, const __m512i *const *kt,
+		      int32_t hd, __m512 (*sc)[BA_NP])
 {
-	if (rows)
-		ba_dots_rows(gr->st, gr->np, kt, cmax, (hd + 31) / 32, sc);
-	else
-		ba_dots(gr->st, kt, (hd + 31) / 32, sc);
+	for (int h = 0; h < 2; h++) {
+		const int n = cmax - VL * h < VL ? cmax - VL * h : VL;
+		if (n <= 0) /* no keys: every lane masked by the softmax */
+			for (int u = 0; u < BA_NP; u++)
+				sc[h][u] = _mm512_setzero_ps();
+		else if (rows)
+			ba_dots_rows(gr->st, gr->np, kt[h], n, (hd + 31) / 32, sc[h]);
+		else
+			ba_dots(gr->st, kt[h], (hd + 31) / 32, sc[h]);
+	}
 }
 
 /* The groups of one chunk, in order: each group's softmax update, then (while its
  * exponentials are under way) the next group's scores, then its values. */
-static void ba_chunk(struct ba_group *grs, int ng, int cmax, bool rows, const __m512i *kt,
+static void ba_chunk(struct ba_group *grs, int ng, int cmax, bool rows, const __m512i *const *kt,
 		     const __m512i *vt, int32_t hd, float scale)
 {
-	__m512 sc[2][BA_NP];
-	uint32_t pb[BA_NP][VL / 2];
+	__m512 sc[2][2][BA_NP]; /* [group parity][half][pair] */
+	uint32_t pb[BA_NP][BA_CW / 2];
 	const int nb = (hd + VL - 1) / VL;
 	ba_scores(&grs[0], cmax, rows, kt, hd, sc[0]);
 	for (int gi = 0; gi < ng; gi++) {
 		const struct ba_group *gr = &grs[gi];
 		struct ba_state *const *st = gr->st;
 		const int np = gr->np;
-		for (int u = 0; u < np; u++)
-			ba_softmax(st[u], sc[gi & 1][u], gr->cn[u], hd, scale, pb[u]);
+		for (int u = 0; u < np; u++) {
+			const __m512 su[2] = {sc[gi & 1][0][u], sc[gi & 1][1][u]};
+			ba_softmax(st[u], su, gr->cn[u], hd, scale, pb[u]);
+		}
 		if (gi + 1 < ng)
 			ba_scores(&grs[gi + 1], cmax, rows, kt, hd, sc[(gi + 1) & 1]);
 		bool all = np == BA_NP;
@@ -808,7 +832,8 @@ void kern__avx512bf16_attn_part(const struct kern_attn_params *p, const float *q
 		&p->segs[(size_t)p->queries[qi[0]].seq * (size_t)p->n_seg + (size_t)s];
 	struct ba_state st[KERN_CPU_ATTN_MAXH];
 	uint32_t qb[KERN_CPU_ATTN_BUF] __attribute__((aligned(64)));
-	__m512i kt[BA_HD / 32 * VL], vt[BA_HD / VL * (VL / 2)];
+	__m512i kt[2][BA_HD / 32 * VL], vt[BA_HD / VL * (BA_CW / 2)];
+	const __m512i *const kth[2] = {kt[0], kt[1]};
 	struct ba_group grs[KERN_CPU_ATTN_MAXH / BA_NP];
 	CM_ASSERT(hd <= BA_HD && nq * nh <= KERN_CPU_ATTN_MAXH);
 	CM_ASSERT((size_t)nq * (size_t)nh * (size_t)nst * VL <= KERN_CPU_ATTN_BUF);
@@ -833,19 +858,23 @@ void kern__avx512bf16_attn_part(const struct kern_attn_params *p, const float *q
 							   .q = qp};
 		}
 	}
-	for (int32_t c0 = t0; c0 < tend; c0 += VL) {
-		const int cmax = tend - c0 < VL ? tend - c0 : VL;
+	for (int32_t c0 = t0; c0 < tend; c0 += BA_CW) {
+		const int cmax = tend - c0 < BA_CW ? tend - c0 : BA_CW;
 		for (int32_t ha = 0, hb; ha < nh; ha = hb) {
 			hb = kern__attn_group_end(h0, ha, nh, g);
-			const char *kh[VL], *vh[VL];
+			const char *kh[BA_CW], *vh[BA_CW];
 			kern__attn_rows(kv, seg, c0, cmax, (h0 + ha) / g, kh, vh);
 			/* few heads on this chunk (decode): no transpose */
 			const bool rows = nq * (hb - ha) < BA_NP;
-			if (rows && c0 + VL < tend)
-				kern__attn_prefetch(kv, seg, c0 + VL,
-						    tend - c0 - VL < VL ? tend - c0 - VL : VL,
+			if (rows && c0 + BA_CW < tend)
+				kern__attn_prefetch(kv, seg, c0 + BA_CW,
+						    tend - c0 - BA_CW < BA_CW ? tend - c0 - BA_CW
+									      : BA_CW,
 						    (h0 + ha) / g);
-			ba_convert(kh, vh, cmax, hd, f16, rows, kt, vt);
+			for (int h = 0; h * VL < cmax; h++)
+				ba_convert(kh + VL * h, vh + VL * h,
+					   cmax - VL * h < VL ? cmax - VL * h : VL, hd, f16, rows,
+					   kt[h], vt + VL / 2 * h);
 			int ng = 0;
 			for (int32_t h = ha; h < hb; h++)
 				for (int32_t u = 0; u < nq; u++) {
@@ -854,14 +883,14 @@ void kern__avx512bf16_attn_part(const struct kern_attn_params *p, const float *q
 					if (!ng || grs[ng - 1].np == BA_NP)
 						grs[ng++].np = 0;
 					struct ba_group *gr = &grs[ng - 1];
-					gr->cn[gr->np] = t1[u] - c0 < VL ? t1[u] - c0 : VL;
+					gr->cn[gr->np] = t1[u] - c0 < BA_CW ? t1[u] - c0 : BA_CW;
 					gr->st[gr->np++] = &st[u * nh + h];
 				}
 			if (!ng)
 				continue;
 			for (int u = grs[ng - 1].np; u < BA_NP; u++)
 				grs[ng - 1].st[u] = grs[ng - 1].st[0]; /* stand-ins */
-			ba_chunk(grs, ng, cmax, rows, kt, vt, hd, p->scale);
+			ba_chunk(grs, ng, cmax, rows, kth, vt, hd, p->scale);
 		}
 	}
 	for (int32_t u = 0; u < nq; u++)

@@ -263,7 +263,7 @@ static int32_t bf_rows_kblocked(const struct kern_mm *m, int32_t rb, int32_t re,
  * gets the same bits alone (GEMV) and in a batch (GEMM) by construction. */
 #define RP_G  2	  /* panels per tile */
 #define RP_GV 4	  /* panels per tile of a GEMV (four chains of vdpbf16ps in flight) */
-#define RP_PF_KP 512 /* a small batch's tiles prefetch when panels are this short (pairs) */
+#define RP_TOUCH 4096 /* a small batch's tile touches the next tile once per this many bytes */
 #define RP_T	 KERN_CPU_R16_TOKENS /* most tokens per tile (2 x 12 accumulators) */
 #define RP_KB 512 /* column pairs per block of a GEMM row (accumulators parked between) */
 #define RP_RB 4	  /* panels per cache block of a GEMM (CPU_MM_GEMM_GRAIN rows) */
@@ -301,8 +301,9 @@ static void rp_pack(const struct kern_mm *m, int32_t t0, int32_t t1)
 
 /* Column pairs [kp0, kp1) of the tile at panel g, token t: from the accumulators
  * in sv unless kp0 = 0, back into sv unless the row ends at kp1, else stored.
- * pf: also prefetch, step by step, the next tile's last panel, the one stream the
- * next tile starts afresh (its first panel continues this tile's last). */
+ * pf: also touch the next tile (one line per RP_TOUCH bytes, at the pace this tile
+ * is read), so that the hardware prefetcher has taken up its streams when it
+ * starts. */
 KS_INLINE void rp_tile(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp0, int32_t kp1,
 		       __m512 *sv, bool pf, const int G, const int T, const bool GRP)
 {
@@ -323,10 +324,10 @@ KS_INLINE void rp_tile(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp
 		KS_UNROLL
 		for (int i = 0; i < G; i++)
 			wv[i] = _mm512_load_si512(w + i * ps + (size_t)kp * 2 * KERN_R16_ROWS);
-		if (pf)
-			_mm_prefetch((const char *)(w + (2 * G - 1) * ps +
-						    (size_t)kp * 2 * KERN_R16_ROWS),
-				     _MM_HINT_T1);
+		if (pf && kp % (RP_TOUCH / (64 * G)) == 0)
+			_mm_prefetch(
+				(const char *)(w + G * ps + (size_t)kp * 2 * KERN_R16_ROWS * G),
+				_MM_HINT_T0);
 		KS_UNROLL
 		for (int j = 0; j < T; j++) {
 			const uint32_t pair = GRP ? x[(size_t)kp * T + j] : x[j * xs + (size_t)kp];
@@ -421,11 +422,12 @@ static void rp_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 		return;
 	}
 	if (m->n <= BF_T) {
-		/* short panels: the hardware prefetcher is slow to take up each new stream
-		 * (8 tokens, 1024 columns: 6-12 % faster with, longer rows 2-17 % slower) */
+		/* the hardware prefetcher is slow to take up each tile's new streams: touching
+		 * the next tile ahead made 2-8 tokens 5-22 % faster (alternating slices);
+		 * touching it densely (a line per step or per 512 bytes) was slower */
 		for (int32_t g = g0; g < g1; g += RP_G)
-			rs_tiles[(g1 - g < RP_G ? g1 - g : RP_G) - 1][m->n - 1](
-				m, g, 0, 0, kp_n, NULL, kp_n <= RP_PF_KP);
+			rs_tiles[(g1 - g < RP_G ? g1 - g : RP_G) - 1][m->n - 1](m, g, 0, 0, kp_n,
+										NULL, true);
 		return;
 	}
 	__m512 sv[RP_RB / RP_G][RP_G * RP_T];

@@ -30,31 +30,9 @@ static inline int th_sh(const char *cmd)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
-/* Runs a shell command line; returns its exit status, its stdout in *out (malloc'd). */
-static inline int th_capture(const char *cmd, char **out)
+/* Everything left in f, NUL-terminated (malloc'd). */
+static inline char *th_read_all(FILE *f)
 {
-	FILE *p = popen(cmd, "r");
-	cr_assert_not_null(p);
-	size_t cap = 1 << 16, n = 0, r;
-	char *buf = malloc(cap);
-	cr_assert_not_null(buf);
-	while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-		n += r;
-		if (n + 1 == cap)
-			buf = realloc(buf, cap *= 2);
-	}
-	buf[n] = 0;
-	int st = pclose(p);
-	*out = buf;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
-/* Whether the file at path (read whole) contains needle; false if it cannot be read. */
-static inline bool th_file_has(const char *path, const char *needle)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return false;
 	size_t cap = 1 << 16, n = 0, r;
 	char *buf = malloc(cap);
 	cr_assert_not_null(buf);
@@ -63,10 +41,30 @@ static inline bool th_file_has(const char *path, const char *needle)
 		if (n + 1 == cap)
 			cr_assert_not_null(buf = realloc(buf, cap *= 2));
 	}
-	fclose(f);
 	buf[n] = 0;
-	bool yes = strstr(buf, needle) != NULL;
-	free(buf);
+	return buf;
+}
+
+/* Runs a shell command line; returns its exit status, its stdout in *out (malloc'd). */
+static inline int th_capture(const char *cmd, char **out)
+{
+	FILE *p = popen(cmd, "r");
+	cr_assert_not_null(p);
+	*out = th_read_all(p);
+	int st = pclose(p);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* Whether the file at path contains needle; false if it cannot be read. */
+static inline bool th_file_has(const char *path, const char *needle)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return false;
+	char *text = th_read_all(f);
+	fclose(f);
+	bool yes = strstr(text, needle) != NULL;
+	free(text);
 	return yes;
 }
 

@@ -301,18 +301,19 @@ static void rp_pack(const struct kern_mm *m, int32_t t0, int32_t t1)
 
 /* Column pairs [kp0, kp1) of the tile at panel g, token t: from the accumulators
  * in sv unless kp0 = 0, back into sv unless the row ends at kp1, else stored.
- * pf: also touch the next tile (one line per RP_TOUCH bytes, at the pace this tile
- * is read), so that the hardware prefetcher has taken up its streams when it
- * starts. */
+ * SMALL: a call of 2 to BF_T tokens, whose activations keep a row per token (else
+ * grouped, rp_pack; for one token the two are the same), and whose tile also
+ * touches the next tile (one line per RP_TOUCH bytes, at the pace this tile is
+ * read), so that the hardware prefetcher has taken up its streams when it starts. */
 KS_INLINE void rp_tile(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp0, int32_t kp1,
-		       __m512 *sv, bool pf, const int G, const int T, const bool GRP)
+		       __m512 *sv, const int G, const int T, const bool SMALL)
 {
 	const int32_t kp_n = (m->cols + 1) / 2;
 	const size_t ps = (size_t)kp_n * 2 * KERN_R16_ROWS; /* bf16 per panel */
 	const uint16_t *w = (const uint16_t *)m->w + (size_t)g * ps;
-	pf = pf && (g + 2 * G) * KERN_R16_ROWS <= m->rows;
+	const bool touch = SMALL && (g + 2 * G) * KERN_R16_ROWS <= m->rows;
 	const uint32_t *x = (const uint32_t *)((const char *)m->xp + (size_t)t * m->xp_stride);
-	const size_t xs = m->xp_stride / sizeof(uint32_t); /* a token's row (!GRP) */
+	const size_t xs = m->xp_stride / sizeof(uint32_t); /* a token's row (SMALL) */
 	__m512 acc[RP_GV][RP_T];
 	KS_UNROLL
 	for (int i = 0; i < G; i++)
@@ -324,13 +325,13 @@ KS_INLINE void rp_tile(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp
 		KS_UNROLL
 		for (int i = 0; i < G; i++)
 			wv[i] = _mm512_load_si512(w + i * ps + (size_t)kp * 2 * KERN_R16_ROWS);
-		if (pf && kp % (RP_TOUCH / (64 * G)) == 0)
+		if (touch && kp % (RP_TOUCH / (64 * G)) == 0)
 			_mm_prefetch(
 				(const char *)(w + G * ps + (size_t)kp * 2 * KERN_R16_ROWS * G),
 				_MM_HINT_T0);
 		KS_UNROLL
 		for (int j = 0; j < T; j++) {
-			const uint32_t pair = GRP ? x[(size_t)kp * T + j] : x[j * xs + (size_t)kp];
+			const uint32_t pair = SMALL ? x[j * xs + (size_t)kp] : x[(size_t)kp * T + j];
 			const __m512bh xb = (__m512bh)_mm512_set1_epi32((int)pair);
 			KS_UNROLL
 			for (int i = 0; i < G; i++)
@@ -356,22 +357,21 @@ KS_INLINE void rp_tile(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp
 }
 
 typedef void (*rp_tile_fn)(const struct kern_mm *m, int32_t g, int32_t t, int32_t kp0,
-			   int32_t kp1, __m512 *sv, bool pf);
+			   int32_t kp1, __m512 *sv);
 
-#define RP_TILE(NAME, G, T, GRP)                                                                   \
+#define RP_TILE(NAME, G, T, SMALL)                                                                 \
 	static __attribute__((noinline)) void NAME(const struct kern_mm *m, int32_t g, int32_t t,  \
-						   int32_t kp0, int32_t kp1, __m512 *sv, bool pf)  \
+						   int32_t kp0, int32_t kp1, __m512 *sv)           \
 	{                                                                                          \
-		rp_tile(m, g, t, kp0, kp1, sv, pf, G, T, GRP);                                     \
+		rp_tile(m, g, t, kp0, kp1, sv, G, T, SMALL);                                       \
 	}
-/* a GEMM's tiles (grouped activations), and those of a call of at most BF_T tokens
- * (a row per token; one token: the same) */
+/* a GEMM's (and GEMV's) tiles, and those of a call of 2 to BF_T tokens */
 #define RP_TILES(T)                                                                                \
-	RP_TILE(rp_1_##T, 1, T, true)                                                              \
-	RP_TILE(rp_2_##T, 2, T, true)
+	RP_TILE(rp_1_##T, 1, T, false)                                                             \
+	RP_TILE(rp_2_##T, 2, T, false)
 #define RS_TILES(T)                                                                                \
-	RP_TILE(rs_1_##T, 1, T, false)                                                             \
-	RP_TILE(rs_2_##T, 2, T, false)
+	RP_TILE(rs_1_##T, 1, T, true)                                                              \
+	RP_TILE(rs_2_##T, 2, T, true)
 
 RP_TILES(1)
 RP_TILES(2)
@@ -392,8 +392,8 @@ RS_TILES(5)
 RS_TILES(6)
 RS_TILES(7)
 RS_TILES(8)
-RP_TILE(rp_3_1, 3, 1, true) /* a GEMV's tiles of three and four panels */
-RP_TILE(rp_4_1, 4, 1, true)
+RP_TILE(rp_3_1, 3, 1, false) /* a GEMV's tiles of three and four panels */
+RP_TILE(rp_4_1, 4, 1, false)
 
 /* [G - 1][T - 1] */
 static const rp_tile_fn rp_tiles[RP_G][RP_T] = {
@@ -402,9 +402,10 @@ static const rp_tile_fn rp_tiles[RP_G][RP_T] = {
 	{rp_2_1, rp_2_2, rp_2_3, rp_2_4, rp_2_5, rp_2_6, rp_2_7, rp_2_8, rp_2_9, rp_2_10, rp_2_11,
 	 rp_2_12},
 };
-static const rp_tile_fn rs_tiles[RP_G][BF_T] = {
-	{rp_1_1, rs_1_2, rs_1_3, rs_1_4, rs_1_5, rs_1_6, rs_1_7, rs_1_8},
-	{rp_2_1, rs_2_2, rs_2_3, rs_2_4, rs_2_5, rs_2_6, rs_2_7, rs_2_8},
+/* [G - 1][T - 2] */
+static const rp_tile_fn rs_tiles[RP_G][BF_T - 1] = {
+	{rs_1_2, rs_1_3, rs_1_4, rs_1_5, rs_1_6, rs_1_7, rs_1_8},
+	{rs_2_2, rs_2_3, rs_2_4, rs_2_5, rs_2_6, rs_2_7, rs_2_8},
 };
 
 /* Rows [r0, r1) (r0 on a panel; r1 too, or the matrix's end). A call of at most
@@ -418,7 +419,7 @@ static void rp_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 	if (m->n == 1) { /* one chain per panel: a GEMV wants several in flight */
 		static const rp_tile_fn gv[RP_GV] = {rp_1_1, rp_2_1, rp_3_1, rp_4_1};
 		for (int32_t g = g0; g < g1; g += RP_GV)
-			gv[(g1 - g < RP_GV ? g1 - g : RP_GV) - 1](m, g, 0, 0, kp_n, NULL, false);
+			gv[(g1 - g < RP_GV ? g1 - g : RP_GV) - 1](m, g, 0, 0, kp_n, NULL);
 		return;
 	}
 	if (m->n <= BF_T) {
@@ -426,8 +427,8 @@ static void rp_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 		 * the next tile ahead made 2-8 tokens 5-22 % faster (alternating slices);
 		 * touching it densely (a line per step or per 512 bytes) was slower */
 		for (int32_t g = g0; g < g1; g += RP_G)
-			rs_tiles[(g1 - g < RP_G ? g1 - g : RP_G) - 1][m->n - 1](m, g, 0, 0, kp_n,
-										NULL, true);
+			rs_tiles[(g1 - g < RP_G ? g1 - g : RP_G) - 1][m->n - 2](m, g, 0, 0, kp_n,
+										NULL);
 		return;
 	}
 	__m512 sv[RP_RB / RP_G][RP_G * RP_T];
@@ -439,7 +440,7 @@ static void rp_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 				const int32_t kp1 = kp_n - kp < RP_KB ? kp_n : kp + RP_KB;
 				for (int32_t g = gb; g < ge; g += RP_G)
 					rp_tiles[(ge - g < RP_G ? ge - g : RP_G) - 1][tn - 1](
-						m, g, t, kp, kp1, sv[(g - gb) / RP_G], false);
+						m, g, t, kp, kp1, sv[(g - gb) / RP_G]);
 			}
 		}
 	}

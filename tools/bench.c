@@ -499,7 +499,7 @@ static int bench_engine(const struct tandem_opts *o, int argc, char **argv)
 		return 1;
 	}
 	b.bf16 = bf16;
-	const char *weights = q8 ? "q8_0" : o->mmap_weights ? "mapped" : "copied";
+	const char *weights = wk_weights_name(tool_weights(o));
 	b.be = bench_backend(o, bf16, &err);
 	if (b.be && has_bf16 && !q8)
 		b.be_alt = bench_backend(o, !bf16, &err);

@@ -230,6 +230,14 @@ static int model_mats(struct wk_model *m, struct kern_mat **out)
 	return n;
 }
 
+const char *wk_weights_name(enum wk_weights how)
+{
+	static const char *const names[] = {[WK_WEIGHTS_MAPPED] = "mapped",
+					    [WK_WEIGHTS_COPY] = "copied",
+					    [WK_WEIGHTS_Q8] = "q8_0"};
+	return (unsigned)how < CM_ARRAY_LEN(names) ? names[how] : "?";
+}
+
 int wk_model_convert(struct wk_model *m, enum wk_weights how, struct cm_err *err)
 {
 	if (m->wbuf)

@@ -72,6 +72,8 @@ enum wk_weights {
  * once per model. Errors: CM_ENOMEM, CM_EINVAL (converted already); m is then
  * unchanged. */
 int wk_model_convert(struct wk_model *m, enum wk_weights how, struct cm_err *err);
+/* "mapped", "copied" or "q8_0" (logs and benchmark reports); "?" for other values. */
+const char *wk_weights_name(enum wk_weights how);
 
 /* ---- sampling ----------------------------------------------------------- */
 

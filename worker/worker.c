@@ -91,12 +91,9 @@ static int load_model(struct worker *w, const char *dir, struct cm_err *err)
 				    dir);
 		return CM_OK;
 	}
-	static const char *const how[] = {[WK_WEIGHTS_MAPPED] = "mapped",
-					  [WK_WEIGHTS_COPY] = "copied",
-					  [WK_WEIGHTS_Q8] = "q8_0"};
 	snprintf(w->model_dir, sizeof(w->model_dir), "%s", dir);
 	fprintf(stderr, "tandem worker: loading %s (%s weights)\n", dir,
-		(unsigned)w->p->weights < CM_ARRAY_LEN(how) ? how[w->p->weights] : "?");
+		wk_weights_name(w->p->weights));
 	if (!(w->model = wk_model_load(dir, w->be, err)) ||
 	    wk_model_convert(w->model, w->p->weights, err) < 0 || !(w->tok = md_tok_load(dir, err)))
 		return err->code;

@@ -32,16 +32,15 @@ static void assert_cli_generates(const struct cluster *c, const char *const *fla
 			 getenv("TANDEM_BIN"), c->model);
 	for (int f = 0; flags && flags[f]; f++)
 		k += snprintf(cmd + k, sizeof(cmd) - (size_t)k, " %s", flags[f]);
-	FILE *p = popen(cmd, "r");
-	char line[4096] = {0};
-	cr_assert(fgets(line, sizeof(line), p));
-	pclose(p);
-	char *s = line;
+	char *out;
+	cr_assert_eq(th_capture(cmd, &out), 0, "%s", cmd);
+	char *s = out;
 	for (int i = 0; i < n; i++) {
 		cr_assert_eq(strtol(s, &s, 10), ids[i], "token %d differs from the CLI", i);
 		if (*s == ',')
 			s++;
 	}
+	free(out);
 }
 
 Test(serve, generate_matches_cli_and_fixture, .timeout = 120)

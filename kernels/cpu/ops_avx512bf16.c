@@ -425,7 +425,7 @@ static void rp_rows(const struct kern_mm *m, int32_t r0, int32_t r1)
 	if (m->n <= BF_T) {
 		/* the hardware prefetcher is slow to take up each tile's new streams: touching
 		 * the next tile ahead made 2-8 tokens 5-22 % faster (alternating slices);
-		 * touching it densely (a line per step or per 512 bytes) was slower */
+		 * touching it densely (a line per 512 bytes) gained nothing */
 		for (int32_t g = g0; g < g1; g += RP_G)
 			rs_tiles[(g1 - g < RP_G ? g1 - g : RP_G) - 1][m->n - 2](m, g, 0, 0, kp_n,
 										NULL);
